@@ -1,0 +1,194 @@
+"""Image and mask I/O: every supported 2D format loads to the same ``[row, col, channel]`` grid.
+
+PNG/JPG (gray, RGB, RGBA, 16-bit) are read with Pillow; NIfTI, NRRD and DICOM with SimpleITK, whose numpy view
+is ``[(z,) y, x]`` so its columns are Slicer's I axis and its rows the J axis, like a PNG's. Masks are written
+back with the source's spacing/origin/direction so viewers overlay them on the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from radvlsm.errors import ImageReadError
+
+#: Images larger than this many pixels (rows x cols) are refused rather than exhausting memory.
+MAX_PIXELS = int(os.environ.get("RADVLSM_MAX_PIXELS", 8192 * 8192))
+
+PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+ITK_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom"}
+
+
+def file_suffix(path: str | Path) -> str:
+    name = str(path).lower()
+    for double in (".nii.gz", ".seg.nrrd"):
+        if name.endswith(double):
+            return double
+    return Path(name).suffix
+
+
+@dataclass
+class Image2D:
+    """A 2D image: ``pixels`` is ``(rows, cols, channels)`` float32 in the file's own intensity units."""
+
+    pixels: np.ndarray
+    spacing: tuple[float, float] = (1.0, 1.0)  # (x, y) in mm or pixel units
+    origin: tuple[float, float] = (0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 1.0)
+    source: str = ""
+    _digest: str | None = field(default=None, repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
+
+    @property
+    def digest(self) -> str:
+        """Content hash (pixels and shape): the embedding cache key does not depend on file names."""
+        if self._digest is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(str(self.pixels.shape).encode())
+            h.update(np.ascontiguousarray(self.pixels).tobytes())
+            self._digest = h.hexdigest()
+        return self._digest
+
+    def rgb_uint8(self) -> np.ndarray:
+        """``(rows, cols, 3)`` uint8 after per-image min-max scaling: what the SAM backbones consume."""
+        px = self.pixels
+        px = px[..., :1] if px.shape[2] in (1, 2) else px[..., :3]
+        lo, hi = float(px.min()), float(px.max())
+        scaled = (px - lo) / max(hi - lo, 1e-8) * 255.0
+        if scaled.shape[2] == 1:
+            scaled = np.repeat(scaled, 3, axis=2)
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _check_pixels(pixels: np.ndarray, source: str) -> np.ndarray:
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.ndim != 3:
+        raise ImageReadError(f"{source}: expected a 2D image, got array shape {list(pixels.shape)}")
+    rows, cols = pixels.shape[:2]
+    if rows < 2 or cols < 2:
+        raise ImageReadError(f"{source}: image is {rows}x{cols} pixels; at least 2x2 is needed")
+    if rows * cols > MAX_PIXELS:
+        raise ImageReadError(f"{source}: image is {rows}x{cols} pixels, over the limit of {MAX_PIXELS} (RADVLSM_MAX_PIXELS)")
+    pixels = pixels.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(pixels)):
+        raise ImageReadError(f"{source}: image contains NaN or infinite values")
+    return pixels
+
+
+def _load_pil(path: Path) -> Image2D:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+            if im.mode == "RGBA" or im.mode == "LA":
+                im = im.convert("RGB" if im.mode == "RGBA" else "L")
+            arr = np.array(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{path.name}: not a readable image ({exc})") from exc
+    return Image2D(_check_pixels(arr, path.name), source=str(path))
+
+
+def _squeeze_to_2d(arr: np.ndarray, is_vector: bool, source: str) -> np.ndarray:
+    """SimpleITK arrays are ``[z, y, x(, c)]``; accept 3D only with a single slice."""
+    spatial = arr.shape[:-1] if is_vector else arr.shape
+    if len(spatial) == 3:
+        if spatial[0] != 1:
+            raise ImageReadError(
+                f"{source}: a 3D volume with {spatial[0]} slices was given to a 2D task; send one slice "
+                "(a 2D file, or a volume with a single slice)"
+            )
+        arr = arr[0]
+    return arr
+
+
+def _load_itk(path: Path) -> Image2D:
+    import SimpleITK as sitk
+
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ImageReadError(f"{path.name}: not a readable image ({str(exc).strip().splitlines()[-1]})") from exc
+    is_vector = img.GetNumberOfComponentsPerPixel() > 1
+    arr = _squeeze_to_2d(sitk.GetArrayFromImage(img), is_vector, path.name)
+    spacing = tuple(float(s) for s in img.GetSpacing()[:2])
+    origin = tuple(float(o) for o in img.GetOrigin()[:2])
+    d = img.GetDirection()
+    dim = img.GetDimension()
+    direction = tuple(float(v) for v in (d[0], d[1], d[dim], d[dim + 1]))
+    return Image2D(_check_pixels(arr, path.name), spacing, origin, direction, source=str(path))
+
+
+def load_image(path: str | Path) -> Image2D:
+    """Load any supported 2D image; raise :class:`ImageReadError` with a clear message otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path.name}: file not found")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path.name}: file is empty")
+    suffix = file_suffix(path)
+    if suffix in PIL_SUFFIXES:
+        return _load_pil(path)
+    if suffix in ITK_SUFFIXES or suffix == "":
+        return _load_itk(path)
+    raise ImageReadError(f"{path.name}: unsupported format '{suffix}' (use PNG, JPG, NIfTI, NRRD or DICOM)")
+
+
+def load_mask(path: str | Path, shape: tuple[int, int] | None = None, field_name: str = "label") -> np.ndarray:
+    """Load a label image as a ``(rows, cols)`` uint8 array (0 background, >0 lesion labels)."""
+    try:
+        img = load_image(path)
+    except ImageReadError as exc:
+        raise ImageReadError(exc.message, field=field_name) from exc
+    px = img.pixels[..., 0]
+    if shape is not None and px.shape != tuple(shape):
+        raise ImageReadError(f"label is {px.shape[1]}x{px.shape[0]} but the image is {shape[1]}x{shape[0]}", field_name)
+    if px.max() > 1 and np.unique(px).size == 2:  # 0/255 style binary masks
+        px = px > 0
+    if px.max() > 1 and np.unique(px).size > 2 and img.source.lower().endswith((".jpg", ".jpeg")):
+        px = px > 127  # lossy JPEG masks (e.g. Kvasir-SEG)
+    return np.asarray(px).astype(np.uint8)
+
+
+def _atomic_target(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=file_suffix(path) or ".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def save_mask(mask: np.ndarray, path: str | Path, like: Image2D | None = None) -> Path:
+    """Write a ``(rows, cols)`` label atomically (temp file + rename) with ``like``'s geometry."""
+    path = Path(path)
+    mask = np.asarray(mask).astype(np.uint8)
+    tmp = _atomic_target(path)
+    try:
+        suffix = file_suffix(path)
+        if suffix in PIL_SUFFIXES:
+            from PIL import Image
+
+            Image.fromarray(mask).save(tmp, format="PNG" if suffix == ".png" else None)
+        else:
+            import SimpleITK as sitk
+
+            img = sitk.GetImageFromArray(mask)
+            if like is not None:
+                img.SetSpacing(like.spacing)
+                img.SetOrigin(like.origin)
+                img.SetDirection(like.direction)
+            sitk.WriteImage(img, str(tmp), useCompression=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

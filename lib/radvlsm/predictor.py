@@ -1,0 +1,171 @@
+"""Promptable segmentation with the heavy/cheap split of segment-anything's ``SamPredictor``.
+
+``encode`` (heavy: the image encoder) runs once per image content and backbone version and is cached;
+``decode`` (cheap: prompt encoder + mask decoder) runs per prompt against the cached embedding.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from radvlsm.cache import EmbeddingCache
+from radvlsm.geometry import Prompts, ResizeLongestSide
+from radvlsm.io import Image2D
+from radvlsm.models.registry import Backbone
+
+
+@dataclass
+class Encoded:
+    """An image embedding with the sizes needed to map masks back to the original grid."""
+
+    embedding: torch.Tensor  # (1, C, h, w)
+    original_size: tuple[int, int]  # (rows, cols)
+    input_size: tuple[int, int]  # resized (rows, cols) before padding
+    cache_hit: bool = False
+    encode_ms: float = 0.0
+
+
+@dataclass
+class LesionMask:
+    mask: np.ndarray  # (rows, cols) bool
+    score: float  # predicted IoU of the chosen mask
+    box: list[float] | None  # the prompt box [x0, y0, x1, y1], if any
+    n_points: int = 0
+
+
+@dataclass
+class Segmentation:
+    lesions: list[LesionMask]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    cache_hit: bool = False
+
+    def label_map(self, multilabel: bool = False) -> np.ndarray:
+        """``(rows, cols)`` uint8: lesion ``i`` labelled ``i+1`` if ``multilabel``, else every lesion 1."""
+        if not self.lesions:
+            raise ValueError("no lesions")
+        out = np.zeros(self.lesions[0].mask.shape, np.uint8)
+        for i, lesion in enumerate(self.lesions):
+            out[lesion.mask] = (i + 1) if multilabel else 1
+        return out
+
+
+def preprocess(backbone: Backbone, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    """uint8 ``(rows, cols, 3)`` -> normalised, padded ``(1, 3, S, S)`` tensor and the unpadded input size."""
+    transform = ResizeLongestSide(backbone.img_size)
+    new_h, new_w = transform.new_size(rgb.shape[:2])
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    if backbone.normalize == "unit":
+        lo, hi = x.amin(), x.amax()
+        x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
+    else:
+        mean = torch.tensor(backbone.pixel_mean).view(1, 3, 1, 1)
+        std = torch.tensor(backbone.pixel_std).view(1, 3, 1, 1)
+        x = (x - mean) / std
+    x = F.pad(x, (0, backbone.img_size - new_w, 0, backbone.img_size - new_h))
+    return x, (new_h, new_w)
+
+
+def assign_points_to_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Index of the box each click refines: the containing box (smallest if several), else the nearest."""
+    if len(boxes) == 0:
+        return np.zeros(len(points), int)
+    out = np.zeros(len(points), int)
+    for i, (x, y) in enumerate(points):
+        inside = (boxes[:, 0] <= x) & (x <= boxes[:, 2]) & (boxes[:, 1] <= y) & (y <= boxes[:, 3])
+        if inside.any():
+            areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            out[i] = int(np.argmin(np.where(inside, areas, np.inf)))
+        else:
+            cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+            out[i] = int(np.argmin((cx - x) ** 2 + (cy - y) ** 2))
+    return out
+
+
+class SegmentPredictor:
+    """Box/point prompted segmentation over a cached embedding."""
+
+    def __init__(self, backbone: Backbone, cache: EmbeddingCache | None = None):
+        self.backbone = backbone
+        self.cache = cache if cache is not None else EmbeddingCache()
+        self._transform = ResizeLongestSide(backbone.img_size)
+        self._lock = threading.Lock()  # torch modules are shared; serialise forward passes
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    def cache_key(self, image: Image2D) -> tuple[str, str, str]:
+        return image.digest, self.backbone.name, self.backbone.version
+
+    def _encode_now(self, image: Image2D) -> Encoded:
+        start = time.perf_counter()
+        x, input_size = preprocess(self.backbone, image.rgb_uint8())
+        with self._lock, torch.inference_mode():
+            emb = self.backbone.image_encoder(x.to(self.device))
+        return Encoded(emb, image.shape, input_size, encode_ms=(time.perf_counter() - start) * 1e3)
+
+    def encode(self, image: Image2D) -> Encoded:
+        enc, hit = self.cache.get_or_compute(self.cache_key(image), lambda: self._encode_now(image))
+        return Encoded(enc.embedding, enc.original_size, enc.input_size, cache_hit=hit,
+                       encode_ms=0.0 if hit else enc.encode_ms)
+
+    def decode(self, enc: Encoded, box: np.ndarray | None = None, points: np.ndarray | None = None,
+               labels: np.ndarray | None = None, multimask: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Masks ``(K, rows, cols)`` bool and predicted IoUs ``(K,)`` for one prompt (K = 3 if multimask)."""
+        logits, iou = self.decode_logits(enc, box, points, labels, multimask)
+        return (logits > 0).numpy(), iou
+
+    def decode_logits(self, enc: Encoded, box: np.ndarray | None = None, points: np.ndarray | None = None,
+                      labels: np.ndarray | None = None, multimask: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+        """Mask logits ``(K, rows, cols)`` at the original resolution and predicted IoUs ``(K,)``."""
+        shape = enc.original_size
+        box_t = pts = None
+        if box is not None:
+            box_t = torch.as_tensor(self._transform.apply_boxes(np.asarray(box)[None], shape), device=self.device)
+        if points is not None and len(points):
+            coords = torch.as_tensor(self._transform.apply_coords(points, shape), device=self.device)[None]
+            lab = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
+            pts = (coords, lab)
+        with self._lock, torch.inference_mode():
+            sparse, dense = self.backbone.prompt_encoder(points=pts, boxes=box_t, masks=None)
+            low_res, iou = self.backbone.mask_decoder(
+                image_embeddings=enc.embedding, image_pe=self.backbone.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
+            )
+        return self.postprocess(low_res, enc), iou[0].float().cpu().numpy()
+
+    def postprocess(self, low_res: torch.Tensor, enc: Encoded) -> torch.Tensor:
+        """Low-res logits ``(1, K, 256, 256)`` -> ``(K, rows, cols)`` on the original grid."""
+        size = self.backbone.img_size
+        x = F.interpolate(low_res.float(), (size, size), mode="bilinear", align_corners=False)
+        x = x[..., : enc.input_size[0], : enc.input_size[1]]
+        x = F.interpolate(x, enc.original_size, mode="bilinear", align_corners=False)
+        return x[0].cpu()
+
+    def segment(self, image: Image2D, prompts: Prompts, multimask: bool = False) -> Segmentation:
+        """One lesion per box (clicks go to the box they fall in); clicks without boxes make one lesion."""
+        if prompts.empty:
+            raise ValueError("no prompt: give at least one box or point")
+        t0 = time.perf_counter()
+        enc = self.encode(image)
+        t1 = time.perf_counter()
+        lesions = []
+        owner = assign_points_to_boxes(prompts.points, prompts.boxes)
+        boxes = list(prompts.boxes) if len(prompts.boxes) else [None]
+        for i, box in enumerate(boxes):
+            sel = owner == i
+            pts, lab = prompts.points[sel], prompts.point_labels[sel]
+            masks, iou = self.decode(enc, box, pts if len(pts) else None, lab, multimask=multimask)
+            best = int(np.argmax(iou))
+            lesions.append(LesionMask(masks[best], float(iou[best]),
+                                      None if box is None else [float(v) for v in box], int(sel.sum())))
+        t2 = time.perf_counter()
+        timings = {"encode": enc.encode_ms, "decode": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3}
+        return Segmentation(lesions, timings, enc.cache_hit)
