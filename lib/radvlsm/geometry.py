@@ -90,7 +90,8 @@ def validate_boxes(boxes, shape: tuple[int, int], field: str = "boxes") -> np.nd
         if x1 - x0 < 1 and y1 - y0 < 1:
             raise InputError(field, f"box {i} {arr[i].tolist()} is empty (zero width and height)")
         if x1 < 0 or y1 < 0 or x0 > width - 1 or y0 > height - 1:
-            raise InputError(field, f"box {i} {arr[i].tolist()} lies outside the image (width {width}, height {height})")
+            raise InputError(field, f"box {i} {arr[i].tolist()} lies outside the image "
+                                    f"(width {width}, height {height})")
     arr[:, [0, 2]] = np.clip(arr[:, [0, 2]], 0, width - 1)
     arr[:, [1, 3]] = np.clip(arr[:, [1, 3]], 0, height - 1)
     return arr.astype(np.float32)

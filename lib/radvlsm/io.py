@@ -77,7 +77,8 @@ def _check_pixels(pixels: np.ndarray, source: str) -> np.ndarray:
     if rows < 2 or cols < 2:
         raise ImageReadError(f"{source}: image is {rows}x{cols} pixels; at least 2x2 is needed")
     if rows * cols > MAX_PIXELS:
-        raise ImageReadError(f"{source}: image is {rows}x{cols} pixels, over the limit of {MAX_PIXELS} (RADVLSM_MAX_PIXELS)")
+        raise ImageReadError(f"{source}: image is {rows}x{cols} pixels, over the limit of {MAX_PIXELS} "
+                             "(set RADVLSM_MAX_PIXELS to change it)")
     pixels = pixels.astype(np.float32, copy=False)
     if not np.all(np.isfinite(pixels)):
         raise ImageReadError(f"{source}: image contains NaN or infinite values")

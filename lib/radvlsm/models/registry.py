@@ -56,7 +56,8 @@ class Backbone:
         return {f"{part}.{k}": v for part, m in self.modules().items() for k, v in m.state_dict().items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
-        """Load a ``{image_encoder.*, prompt_encoder.*, mask_decoder.*}`` state dict (parts may be absent if not strict)."""
+        """Load a ``{image_encoder.*, prompt_encoder.*, mask_decoder.*}`` state dict; parts may be absent if not
+        strict (extra top-level keys such as SAM's ``pixel_mean`` are ignored)."""
         for part, module in self.modules().items():
             sub = {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
             if sub or strict:

@@ -1,0 +1,36 @@
+"""One predictor (backbone + embedding cache) per app, shared by every task, so one image is encoded once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+
+from radvlsm.cache import EmbeddingCache
+from radvlsm.models import build_backbone
+from radvlsm.predictor import SegmentPredictor
+
+logger = logging.getLogger(__name__)
+_lock = threading.Lock()
+_predictors: dict[tuple, SegmentPredictor] = {}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def shared_predictor(conf: dict[str, str]) -> SegmentPredictor:
+    """The app's predictor for ``conf`` (``backbone``, ``checkpoint``, ``device``, ``cache_mb``)."""
+    backbone = conf.get("backbone", "litemedsam")
+    checkpoint = conf.get("checkpoint") or None
+    device = conf.get("device") or default_device()
+    cache_mb = int(conf.get("cache_mb", "512"))
+    key = (backbone, checkpoint, device)
+    with _lock:
+        if key not in _predictors:
+            model = build_backbone(backbone, checkpoint=checkpoint, device=device)
+            logger.info(f"radvlsm: backbone {backbone} (version {model.version}) on {device}; "
+                        f"embedding cache {cache_mb} MB")
+            _predictors[key] = SegmentPredictor(model, EmbeddingCache(max_bytes=cache_mb << 20))
+        return _predictors[key]

@@ -1,0 +1,67 @@
+"""radvlsm MONAI Label app: wires the task configs named in ``--conf models`` (default: all)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+from fastapi import HTTPException
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+
+import lib.configs
+from radvlsm.errors import CheckpointError, InputError
+
+logger = logging.getLogger(__name__)
+
+
+def _is_upload(path: str) -> bool:
+    """Uploaded files are saved by the server in the temp dir; any other path is treated as a datastore id."""
+    real = os.path.realpath(path)
+    return os.path.isfile(real) and os.path.dirname(real) == os.path.realpath(tempfile.gettempdir())
+
+
+class RadVLSMApp(MONAILabelApp):
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
+        names = [n.strip() for n in conf.get("models", "all").split(",") if n.strip()]
+        available = lib.configs.TASK_CONFIGS
+        names = list(available) if names == ["all"] else names
+        unknown = sorted(set(names) - set(available))
+        if unknown:
+            raise ValueError(f"unknown models {unknown}; available: {sorted(available)}")
+        model_dir = conf.get("model_dir") or os.path.join(os.path.dirname(app_dir.rstrip("/")), "..", "model")
+        self.model_dir = os.path.realpath(model_dir)
+        self.planner = None
+        self.task_configs = {}
+        for name in names:
+            config = available[name]()
+            config.init(name, self.model_dir, conf, self.planner)
+            self.task_configs[name] = config
+        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="radvlsm",
+                         description="Text-guided lesion segmentation and diagnosis for 2D medical images",
+                         version="0.1.0", labels={"lesion": 1})
+
+    def init_infers(self) -> dict[str, InferTask]:
+        infers: dict[str, InferTask] = {}
+        for name, config in self.task_configs.items():
+            try:
+                task = config.infer()
+            except CheckpointError as exc:
+                raise SystemExit(f"radvlsm: cannot start task '{name}': {exc}") from exc
+            infers.update(task if isinstance(task, dict) else {name: task})
+        return infers
+
+    def infer(self, request, datastore=None):
+        """Unknown ids and bad inputs become 4xx with the offending field named (MONAI Label would say 500)."""
+        model = request.get("model")
+        if model not in self._infers:
+            raise HTTPException(404, f"model: unknown model '{model}'; available: {sorted(self._infers)}")
+        image = request.get("image")
+        if isinstance(image, str) and image and not _is_upload(image):
+            if not (datastore or self.datastore()).get_image_uri(image):
+                raise HTTPException(404, f"image: no image with id '{image}' in the datastore")
+        try:
+            return super().infer(request, datastore)
+        except InputError as exc:
+            raise HTTPException(422, str(exc)) from exc

@@ -1,0 +1,104 @@
+"""Request-level entry points shared by the MONAI Label infer tasks, the CLI and the benchmarks.
+
+A request is the dict MONAI Label hands to an infer task (``image`` path plus the client's params); a response
+is the label array, the loaded image (for its geometry) and a JSON-serialisable result.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from radvlsm.errors import InputError
+from radvlsm.geometry import box_to_slicer_roi, parse_prompts
+from radvlsm.io import PIL_SUFFIXES, Image2D, file_suffix, load_image, save_mask
+from radvlsm.params import get_bool, get_choice
+from radvlsm.predictor import SegmentPredictor
+
+RESULT_EXTENSIONS = [".png", ".nrrd", ".nii.gz", ".nii", ".mha"]
+RESULT_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "int16": np.int16, "int32": np.int32,
+                 "float32": np.float32}
+
+
+@dataclass
+class LabelResult:
+    label: np.ndarray  # (rows, cols) integer labels
+    image: Image2D
+    result: dict[str, Any]
+
+
+def load_request_image(request: dict[str, Any]) -> Image2D:
+    path = request.get("image")
+    if not isinstance(path, str) or not path:
+        raise InputError("image", "no image given (an image id from the datastore, or an uploaded file)")
+    return load_image(path)
+
+
+def result_extension(request: dict[str, Any], image: Image2D) -> str:
+    """The client's ``result_extension`` (Slicer asks ``.nrrd``), else the input's own format, else NRRD."""
+    ext = request.get("result_extension")
+    if ext in (None, ""):
+        ext = file_suffix(image.source)
+        return ext if ext in RESULT_EXTENSIONS else ".nrrd"
+    ext = str(ext) if str(ext).startswith(".") else f".{ext}"
+    if ext not in RESULT_EXTENSIONS:
+        raise InputError("result_extension", f"must be one of {RESULT_EXTENSIONS}, got {ext!r}")
+    return ext
+
+
+def write_label(label: np.ndarray, image: Image2D, request: dict[str, Any]) -> str:
+    """Write ``label`` with the image's geometry to a temporary file the server streams back (and deletes)."""
+    ext = result_extension(request, image)
+    dtype_name = get_choice(request, "result_dtype", "uint8", list(RESULT_DTYPES))
+    if ext in PIL_SUFFIXES and dtype_name not in ("uint8", "uint16"):
+        dtype_name = "uint8"
+    fd, path = tempfile.mkstemp(prefix="radvlsm-", suffix=ext)
+    os.close(fd)
+    save_mask(label.astype(RESULT_DTYPES[dtype_name]), path, like=image)
+    return path
+
+
+class SamService:
+    """The ``sam`` task: prompts in any supported convention -> label map + per-lesion JSON."""
+
+    def __init__(self, predictor: SegmentPredictor):
+        self.predictor = predictor
+
+    def run(self, request: dict[str, Any]) -> LabelResult:
+        t0 = time.perf_counter()
+        image = load_request_image(request)
+        t_load = (time.perf_counter() - t0) * 1e3
+        prompts = parse_prompts(request, image.shape)
+        if prompts.empty:
+            raise InputError("boxes", "no prompt: give boxes [[x0,y0,x1,y1]], a Slicer roi, or foreground points")
+        multilabel = get_bool(request, "multilabel", False)
+        # Several outputs help an ambiguous single click; boxes are what LiteMedSAM was trained on (one output).
+        single_click = len(prompts.boxes) == 0 and len(prompts.points) == 1
+        multimask = get_bool(request, "multimask", single_click)
+        seg = self.predictor.segment(image, prompts, multimask=multimask)
+        label = seg.label_map(multilabel)
+        lesions = []
+        for i, lesion in enumerate(seg.lesions):
+            entry = {"label": i + 1 if multilabel else 1, "area_px": int(lesion.mask.sum()),
+                     "predicted_iou": round(lesion.score, 4), "clicks": lesion.n_points}
+            if lesion.box is not None:
+                entry["box"] = [round(v, 2) for v in lesion.box]
+                entry["roi"] = [round(v, 2) for v in box_to_slicer_roi(lesion.box)]
+            lesions.append(entry)
+        timings = {"load": round(t_load, 1), **{k: round(v, 1) for k, v in seg.timings_ms.items()}}
+        timings["total"] = round((time.perf_counter() - t0) * 1e3, 1)
+        result = {
+            "lesions": lesions,
+            "multilabel": multilabel,
+            "cache_hit": seg.cache_hit,
+            "latencies_ms": timings,
+            "backbone": self.predictor.backbone.name,
+            "model_version": self.predictor.backbone.version,
+            "image_shape": list(image.shape),
+        }
+        return LabelResult(label, image, result)
