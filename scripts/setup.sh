@@ -10,7 +10,13 @@ command -v "$PY" >/dev/null 2>&1 || PY=python3
 STAMP="$VENV/.radvlsm-stamp"
 HASH="$(cat "$ROOT/requirements.txt" "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && "$VENV/bin/python" -c "import radvlsm" 2>/dev/null; then
+# The project is installed editable: a venv shared by several checkouts (a clone in CI, say) must point at this one.
+points_here() {
+  [ "$("$VENV/bin/python" -c 'import radvlsm, os; print(os.path.dirname(os.path.dirname(radvlsm.__file__)))' \
+        2>/dev/null)" = "$ROOT/lib" ]
+}
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
+  points_here || "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e "$ROOT" >&2
   echo "radvlsm: environment up to date at $VENV" >&2
   echo "$VENV"; exit 0
 fi

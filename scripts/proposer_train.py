@@ -1,0 +1,250 @@
+"""Train ``qformer_lite`` from a pack made by ``proposer_pack.py`` (GPU if there is one; CPU works, slowly).
+
+The frozen LiteMedSAM encoder embeds every packed image (and its mirror image, for augmentation) once; the
+Q-Former then trains on those embeddings. A seeded 8 % of the packed training images is held back to choose the
+ranking rule and the match threshold (BUS-BRA fold 5 and Kvasir validation are never seen here).
+
+    python scripts/proposer_train.py --pack .carry/proposer --out model/qformer_lite [--epochs 40] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+
+from radvlsm.proposals.phrases import DEFAULT_PHRASE, PhraseSet, sample_pair  # noqa: E402
+from radvlsm.proposals.qformer_model import (  # noqa: E402
+    QFormerLite,
+    QFormerLiteConfig,
+    cxcywh_to_xyxy,
+    losses,
+    valid_grid,
+)
+
+DOMAIN_IDS = {"breast": 0, "polyp": 1, "normal": -1}
+
+
+def build_encoder(pack: Path, device: str) -> torch.nn.Module:
+    spec = importlib.util.spec_from_file_location("tiny_vit_sam", pack / "tiny_vit_sam.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    enc = mod.TinyViT(img_size=256, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2],
+                      num_heads=[2, 4, 5, 10], window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0,
+                      drop_path_rate=0.0, use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3,
+                      layer_lr_decay=0.8)
+    state = torch.load(pack / "encoder_fp16.pt", map_location="cpu", weights_only=True)
+    enc.load_state_dict({k: v.float() for k, v in state.items()})
+    return enc.to(device).eval()
+
+
+def encoder_input(small: np.ndarray, flip: bool) -> torch.Tensor:
+    """As ``radvlsm.predictor.preprocess`` after its resize: min-max to [0, 1], 3 channels, zero pad to 256."""
+    x = torch.from_numpy(small).float()
+    x = x[..., None] if x.ndim == 2 else x
+    x = x.permute(2, 0, 1)
+    if x.shape[0] == 1:
+        x = x.repeat(3, 1, 1)
+    if flip:
+        x = x.flip(-1)
+    x = (x - x.min()) / (x.max() - x.min()).clamp(min=1e-8)
+    return F.pad(x, (0, 256 - x.shape[2], 0, 256 - x.shape[1]))
+
+
+@torch.inference_mode()
+def embed_all(images: list[np.ndarray], encoder, device: str, batch: int = 64) -> torch.Tensor:
+    """(N, 2, 256, 64, 64) fp16: each image and its mirror."""
+    out = []
+    for flip in (False, True):
+        embs = []
+        for i in range(0, len(images), batch):
+            x = torch.stack([encoder_input(im, flip) for im in images[i: i + batch]]).to(device)
+            embs.append(encoder(x).half())
+        out.append(torch.cat(embs))
+    return torch.stack(out, 1)
+
+
+def flip_grid(m: torch.Tensor, cols: int) -> torch.Tensor:
+    out = m.clone()
+    out[..., :cols] = m[..., :cols].flip(-1)
+    return out
+
+
+def box_iou_xyxy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    x0, y0 = torch.max(a[:, 0], b[:, 0]), torch.max(a[:, 1], b[:, 1])
+    x1, y1 = torch.min(a[:, 2], b[:, 2]), torch.min(a[:, 3], b[:, 3])
+    inter = (x1 - x0).clamp(min=0) * (y1 - y0).clamp(min=0)
+    area = lambda z: (z[:, 2] - z[:, 0]) * (z[:, 3] - z[:, 1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter).clamp(min=1e-9)
+
+
+def heat_top_box(heat: np.ndarray, rows: int, cols: int, threshold: float = 0.5) -> np.ndarray | None:
+    """Box (fractions) of the heatmap component with the highest peak, on the unpadded grid."""
+    from scipy import ndimage
+
+    g = heat[: math.ceil(rows * 64 / 256), : math.ceil(cols * 64 / 256)]
+    lab, n = ndimage.label(g >= threshold)
+    if n == 0:
+        return None
+    peaks = ndimage.maximum(g, lab, range(1, n + 1))
+    sl = ndimage.find_objects(lab)[int(np.argmax(peaks))]
+    x0, x1 = sl[1].start * 4 / cols, sl[1].stop * 4 / cols
+    y0, y1 = sl[0].start * 4 / rows, sl[0].stop * 4 / rows
+    return np.clip([x0, y0, x1, y1], 0, 1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pack", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--limit", type=int, default=None)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    t0 = time.time()
+    pack = np.load(args.pack / "pack.npz")
+    records = json.loads((args.pack / "records.json").read_text())[: args.limit]
+    raw, offs = pack["jpeg"].tobytes(), pack["offsets"]
+    images = [np.array(Image.open(io.BytesIO(raw[offs[i]: offs[i + 1]]))) for i in range(len(records))]
+    masks = torch.from_numpy(pack["masks"][: len(records)]).float() / 255
+    boxes = torch.from_numpy(pack["boxes"][: len(records)])
+    text = torch.load(args.pack / "text.pt", weights_only=True)
+    phrase_index = {p: i for i, p in enumerate(text["phrases"])}
+    embeddings = embed_all(images, build_encoder(args.pack, args.device), args.device)
+    print(f"embedded {len(images)} images x2 in {time.time() - t0:.0f}s on {args.device}", flush=True)
+    valid = torch.stack([valid_grid(tuple(r["size"])) for r in records])
+    ids = list(range(len(records)))
+    rng.shuffle(ids)
+    n_val = max(2, int(0.08 * len(ids)))
+    val_ids, train_ids = sorted(ids[:n_val]), ids[n_val:]
+    sets = [PhraseSet(r["positives"], r["negatives"]) for r in records]
+
+    model = QFormerLite(QFormerLiteConfig()).to(args.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    steps = args.epochs * math.ceil(len(train_ids) / args.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.05)
+
+    def make_batch(idx: list[int], train: bool, phrase: str | None = None) -> dict[str, torch.Tensor]:
+        emb, mk, bx, vd, toks, tmask, sent, match, dom = [], [], [], [], [], [], [], [], []
+        for i in idx:
+            r = records[i]
+            flip = train and rng.random() < 0.5
+            if phrase is None:
+                p, is_match = sample_pair(sets[i], rng)
+            else:
+                p, is_match = phrase, r["domain"] != "normal"
+            j = phrase_index[p]
+            cols = math.ceil(r["size"][1] * 64 / 256)
+            emb.append(embeddings[i, int(flip)])
+            mk.append(flip_grid(masks[i], cols) if flip else masks[i])
+            b = boxes[i].clone()
+            if flip:
+                b[0] = 1 - b[0]
+            bx.append(b)
+            vd.append(valid[i])
+            toks.append(text["tokens"][j].float())
+            tmask.append(text["masks"][j])
+            sent.append(text["sentences"][j])
+            match.append(float(is_match))
+            dom.append(DOMAIN_IDS[r["domain"]])
+        length = max(t.shape[0] for t in toks)
+        tok = torch.zeros(len(idx), length, toks[0].shape[1])
+        tm = torch.zeros(len(idx), length, dtype=torch.long)
+        for k, (t, m) in enumerate(zip(toks, tmask, strict=True)):
+            tok[k, : t.shape[0]], tm[k, : m.shape[0]] = t, m
+        d = {"embedding": torch.stack(emb), "mask": torch.stack(mk), "box": torch.stack(bx), "valid": torch.stack(vd),
+             "tokens": tok, "token_mask": tm, "sentence": torch.stack(sent), "match": torch.tensor(match),
+             "domain": torch.tensor(dom)}
+        return {k: v.to(args.device) for k, v in d.items()}
+
+    for epoch in range(args.epochs):
+        model.train()
+        rng.shuffle(train_ids)
+        totals: dict[str, float] = {}
+        for s in range(0, len(train_ids), args.batch):
+            b = make_batch(train_ids[s: s + args.batch], train=True)
+            out = model(b["embedding"], b["valid"], b["tokens"], b["token_mask"])
+            ls = losses(out, b, model)
+            opt.zero_grad()
+            ls["total"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            for k, v in ls.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * len(b["match"])
+        if epoch % 5 == 4 or epoch == args.epochs - 1:
+            print(f"epoch {epoch + 1}: " + " ".join(f"{k} {v / len(train_ids):.4f}" for k, v in totals.items()),
+                  flush=True)
+
+    # held-back images: match score for the default phrase vs wrong-domain phrases, box quality of both rules
+    model.eval()
+    metrics: dict[str, float] = {}
+    with torch.inference_mode():
+        lesion_ids = [i for i in val_ids if records[i]["domain"] != "normal"]
+        b = make_batch(lesion_ids, train=False, phrase=DEFAULT_PHRASE)
+        out = model(b["embedding"], b["valid"], b["tokens"], b["token_mask"])
+        gt = cxcywh_to_xyxy(b["box"])
+        head_iou = box_iou_xyxy(cxcywh_to_xyxy(out["box"]), gt)
+        heat = out["heat"].sigmoid().cpu().numpy()
+        heat_iou = []
+        for k, i in enumerate(lesion_ids):
+            hb = heat_top_box(heat[k], *records[i]["size"])
+            heat_iou.append(0.0 if hb is None else float(box_iou_xyxy(torch.tensor([hb]), gt[k: k + 1].cpu())[0]))
+        pos_p = out["itm"].sigmoid().cpu()
+        wrong = {"breast": "colon polyp", "polyp": "breast lesion"}
+        neg_p = []
+        for i in lesion_ids:
+            bn = make_batch([i], train=False, phrase=wrong[records[i]["domain"]])
+            neg_p.append(float(model(bn["embedding"], bn["valid"], bn["tokens"], bn["token_mask"])["itm"].sigmoid()))
+        normal_ids = [i for i in val_ids if records[i]["domain"] == "normal"]
+        if normal_ids:
+            bn = make_batch(normal_ids, train=False, phrase=DEFAULT_PHRASE)
+            neg_p += model(bn["embedding"], bn["valid"], bn["tokens"], bn["token_mask"])["itm"].sigmoid().tolist()
+        neg_p_t = torch.tensor(neg_p)
+        for dom in ("breast", "polyp"):
+            sel = torch.tensor([records[i]["domain"] == dom for i in lesion_ids])
+            metrics[f"{dom}_head_iou50"] = float((head_iou.cpu()[sel] >= 0.5).float().mean())
+            metrics[f"{dom}_heat_iou50"] = float((torch.tensor(heat_iou)[sel] >= 0.5).float().mean())
+        metrics["match_pos_mean"] = float(pos_p.mean())
+        metrics["match_neg_mean"] = float(neg_p_t.mean())
+        # threshold halfway between the classes' 5th/95th percentiles, bounded to [0.2, 0.8]
+        thr = float(np.clip((np.quantile(pos_p.numpy(), 0.05) + np.quantile(neg_p_t.numpy(), 0.95)) / 2, 0.2, 0.8))
+        metrics["match_threshold"] = thr
+        metrics["pos_above"] = float((pos_p >= thr).float().mean())
+        metrics["neg_above"] = float((neg_p_t >= thr).float().mean())
+    head_score = metrics["breast_head_iou50"] + metrics["polyp_head_iou50"]
+    heat_score = metrics["breast_heat_iou50"] + metrics["polyp_heat_iou50"]
+    rank = "box_head" if head_score >= heat_score else "heatmap"
+    print("held-back:", json.dumps({k: round(v, 4) for k, v in metrics.items()}), "rank:", rank, flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = args.out / "qformer_lite.pt.tmp"
+    torch.save({"config": model.cfg.to_dict(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                "rank": rank, "match_threshold": thr, "default_phrase": DEFAULT_PHRASE,
+                "heldback_metrics": metrics, "epochs": args.epochs, "train_images": len(train_ids)}, tmp)
+    tmp.replace(args.out / "qformer_lite.pt")
+    (args.out / "train_log.json").write_text(json.dumps({"metrics": metrics, "rank": rank, "args": {
+        k: str(v) for k, v in vars(args).items()}, "seconds": time.time() - t0}, indent=2))
+    print(f"saved {args.out / 'qformer_lite.pt'} in {time.time() - t0:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
