@@ -92,26 +92,26 @@ def box_iou_xyxy(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area(a) + area(b) - inter).clamp(min=1e-9)
 
 
-def heat_top_box(heat: np.ndarray, rows: int, cols: int, threshold: float = 0.5) -> np.ndarray | None:
-    """Box (fractions) of the heatmap component with the highest peak, on the unpadded grid."""
+def heat_top_box(heat: torch.Tensor, rows: int, cols: int, threshold: float = 0.5) -> np.ndarray | None:
+    """As at inference: the 64x64 relevance map upsampled to the 256 frame, cropped to the image, thresholded;
+    the box (fractions, continuous edges) of the component with the highest peak."""
     from scipy import ndimage
 
-    g = heat[: math.ceil(rows * 64 / 256), : math.ceil(cols * 64 / 256)]
+    g = F.interpolate(heat[None, None].float(), (256, 256), mode="bilinear", align_corners=False)[0, 0]
+    g = g[:rows, :cols].cpu().numpy()
     lab, n = ndimage.label(g >= threshold)
     if n == 0:
         return None
     peaks = ndimage.maximum(g, lab, range(1, n + 1))
     sl = ndimage.find_objects(lab)[int(np.argmax(peaks))]
-    x0, x1 = sl[1].start * 4 / cols, sl[1].stop * 4 / cols
-    y0, y1 = sl[0].start * 4 / rows, sl[0].stop * 4 / rows
-    return np.clip([x0, y0, x1, y1], 0, 1)
+    return np.array([sl[1].start / cols, sl[0].start / rows, sl[1].stop / cols, sl[0].stop / rows])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -203,11 +203,17 @@ def main() -> None:
         out = model(b["embedding"], b["valid"], b["tokens"], b["token_mask"])
         gt = cxcywh_to_xyxy(b["box"])
         head_iou = box_iou_xyxy(cxcywh_to_xyxy(out["box"]), gt)
-        heat = out["heat"].sigmoid().cpu().numpy()
-        heat_iou = []
-        for k, i in enumerate(lesion_ids):
-            hb = heat_top_box(heat[k], *records[i]["size"])
-            heat_iou.append(0.0 if hb is None else float(box_iou_xyxy(torch.tensor([hb]), gt[k: k + 1].cpu())[0]))
+        heat = out["heat"].sigmoid()
+        heat_ious: dict[float, list[float]] = {}
+        for t in (0.3, 0.4, 0.5, 0.6):
+            heat_ious[t] = []
+            for k, i in enumerate(lesion_ids):
+                hb = heat_top_box(heat[k], *records[i]["size"], threshold=t)
+                iou = 0.0 if hb is None else float(box_iou_xyxy(torch.tensor(hb[None]), gt[k: k + 1].cpu())[0])
+                heat_ious[t].append(iou)
+        heat_threshold = max(heat_ious, key=lambda t: float(np.mean(np.array(heat_ious[t]) >= 0.5)))
+        heat_iou = heat_ious[heat_threshold]
+        metrics["heat_threshold"] = heat_threshold
         pos_p = out["itm"].sigmoid().cpu()
         wrong = {"breast": "colon polyp", "polyp": "breast lesion"}
         neg_p = []
@@ -238,8 +244,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = args.out / "qformer_lite.pt.tmp"
     torch.save({"config": model.cfg.to_dict(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                "rank": rank, "match_threshold": thr, "default_phrase": DEFAULT_PHRASE,
-                "heldback_metrics": metrics, "epochs": args.epochs, "train_images": len(train_ids)}, tmp)
+                "rank": rank, "match_threshold": thr, "heat_threshold": heat_threshold,
+                "default_phrase": DEFAULT_PHRASE, "heldback_metrics": metrics, "epochs": args.epochs,
+                "train_images": len(train_ids)}, tmp)
     tmp.replace(args.out / "qformer_lite.pt")
     (args.out / "train_log.json").write_text(json.dumps({"metrics": metrics, "rank": rank, "args": {
         k: str(v) for k, v in vars(args).items()}, "seconds": time.time() - t0}, indent=2))

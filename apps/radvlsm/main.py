@@ -50,7 +50,17 @@ class RadVLSMApp(MONAILabelApp):
             except CheckpointError as exc:
                 raise SystemExit(f"radvlsm: cannot start task '{name}': {exc}") from exc
             infers.update(task if isinstance(task, dict) else {name: task})
+            if hasattr(config, "on_datastore"):
+                config.on_datastore(self._datastore)
         return infers
+
+    def on_save_label(self, image_id, label_id):
+        """Saved corrections reach the tasks that learn from them at once (e.g. the template bank)."""
+        res = super().on_save_label(image_id, label_id)
+        for config in self.task_configs.values():
+            if hasattr(config, "on_save_label"):
+                config.on_save_label(self._datastore, image_id)
+        return res
 
     def infer(self, request, datastore=None):
         """Unknown ids and bad inputs become 4xx with the offending field named (MONAI Label would say 500)."""

@@ -170,6 +170,21 @@ class SegmentPredictor:
             )
         return self.postprocess(low_res, enc), iou[0].float().cpu().numpy()
 
+    def decode_boxes(self, enc: Encoded, boxes: np.ndarray, multimask: bool = False
+                     ) -> tuple[torch.Tensor, np.ndarray]:
+        """Many box prompts in one decoder pass: logits ``(N, K, rows, cols)`` and predicted IoUs ``(N, K)``."""
+        box_t = torch.as_tensor(self._transform.apply_boxes(np.asarray(boxes, np.float32), enc.original_size),
+                                device=self.device)
+        with self._lock, torch.inference_mode():
+            sparse, dense = self.backbone.prompt_encoder(points=None, boxes=box_t, masks=None)
+            low_res, iou = self.backbone.mask_decoder(
+                image_embeddings=enc.embedding, image_pe=self.backbone.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
+            )
+        n, k = low_res.shape[:2]
+        logits = self.postprocess(low_res.reshape(1, n * k, *low_res.shape[2:]), enc)
+        return logits.reshape(n, k, *enc.original_size), iou.float().cpu().numpy()
+
     def postprocess(self, low_res: torch.Tensor, enc: Encoded) -> torch.Tensor:
         """Low-res logits ``(1, K, 256, 256)`` -> ``(K, rows, cols)`` on the original grid."""
         size = self.backbone.img_size

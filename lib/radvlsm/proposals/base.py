@@ -41,12 +41,15 @@ class Proposal:
     heatmap: np.ndarray | None = None  # (rows, cols) float32 relevance in [0, 1], or None
     backend: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. "the exemplar bank is empty"
 
 
 class BoxProposer(Protocol):
     """What every backend implements. ``encoded`` is the shared backbone embedding (may be ignored)."""
 
     name: str
+    #: whether the proposal service snaps this backend's boxes to the lesion with one decoder pass by default
+    refine_by_default: bool
 
     def propose(self, image: Image2D, text: str, top_k: int = 3, encoded: Encoded | None = None) -> Proposal: ...
 

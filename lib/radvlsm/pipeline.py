@@ -1,0 +1,126 @@
+"""Rad-VLSM end to end: phrase -> candidate boxes -> fused lesion masks -> diagnosis, on one image encode.
+
+Library entry point (``RadVLSMPipeline.run``), used by the ``radvlsm`` infer task and the ``radvlsm segment`` CLI.
+User boxes/points override the proposals (boxes) or refine them (points) when given.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from radvlsm.aggregation import AggregationConfig, FusedLesion, aggregate
+from radvlsm.geometry import Prompts, box_to_slicer_roi
+from radvlsm.io import Image2D
+from radvlsm.predictor import SegmentPredictor
+from radvlsm.proposals.base import BoxProposer, Candidate
+from radvlsm.proposals.phrases import DEFAULT_PHRASE
+from radvlsm.proposals.refine import refine_candidates
+from radvlsm.text import validate_text
+
+
+@dataclass
+class PipelineOptions:
+    text: str = DEFAULT_PHRASE
+    top_k: int = 3
+    diagnose: bool = True
+    max_lesions: int = 3
+    #: a further lesion is kept only if its proposal score is at least this share of the best one's
+    relative_score: float = 0.85
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+
+
+@dataclass
+class PipelineResult:
+    label: np.ndarray  # (rows, cols) uint8, lesion i labelled i+1 (0 background); all zero if nothing found
+    lesions: list[FusedLesion]
+    diagnoses: list[Any]
+    result: dict[str, Any]
+
+
+class RadVLSMPipeline:
+    def __init__(self, predictor: SegmentPredictor, proposer: BoxProposer, diagnoser: Any | None = None):
+        self.predictor = predictor
+        self.proposer = proposer
+        self.diagnoser = diagnoser
+
+    def run(self, image: Image2D, opts: PipelineOptions | None = None, prompts: Prompts | None = None
+            ) -> PipelineResult:
+        opts = opts or PipelineOptions()
+        text = validate_text(opts.text)
+        times: dict[str, float] = {}
+        t = time.perf_counter()
+        enc = self.predictor.encode(image)
+        times["encode"] = enc.encode_ms
+        t1 = time.perf_counter()
+        user_boxes = prompts is not None and len(prompts.boxes) > 0
+        proposal = self.proposer.propose(image, text, top_k=opts.top_k, encoded=enc)
+        if user_boxes:
+            candidates = [Candidate(b.tolist(), 1.0, "user") for b in prompts.boxes]
+        else:
+            candidates = refine_candidates(self.predictor, enc, proposal.candidates)
+            if candidates:
+                best = max(c.score for c in candidates)
+                candidates = [c for c in candidates if c.score >= opts.relative_score * best]
+        times["propose"] = (time.perf_counter() - t1) * 1e3
+        t2 = time.perf_counter()
+        lesions = aggregate(self.predictor, enc, candidates, opts.aggregation, opts.max_lesions)
+        if prompts is not None and len(prompts.points) and lesions:
+            lesions = self._apply_clicks(enc, lesions, prompts)
+        times["aggregate"] = (time.perf_counter() - t2) * 1e3
+        t3 = time.perf_counter()
+        diagnoses = []
+        if opts.diagnose and self.diagnoser is not None:
+            diagnoses = [self.diagnoser.diagnose(image, lesion.mask, embedding=enc) for lesion in lesions]
+        times["diagnose"] = (time.perf_counter() - t3) * 1e3
+        times["total"] = (time.perf_counter() - t) * 1e3
+        label = np.zeros(image.shape, np.uint8)
+        for i, lesion in enumerate(lesions):
+            label[lesion.mask] = i + 1
+        result = {
+            "text": text,
+            "found": bool(lesions),
+            "match_score": round(proposal.match_score, 4),
+            "prompt_source": "user" if user_boxes else proposal.backend,
+            "lesions": [self._lesion_json(i, lesion, diagnoses[i] if diagnoses else None)
+                        for i, lesion in enumerate(lesions)],
+            "cache_hit": enc.cache_hit,
+            "encodes": 0 if enc.cache_hit else 1,
+            "latencies_ms": {k: round(v, 1) for k, v in times.items()},
+            "image_shape": list(image.shape),
+        }
+        if not lesions:
+            result["message"] = (f"no lesion found for '{text}' (image-text match {proposal.match_score:.2f}); "
+                                 "the label is empty")
+        if opts.diagnose and self.diagnoser is None:
+            result["diagnosis_note"] = "no diagnosis head is loaded"
+        return PipelineResult(label, lesions, diagnoses, result)
+
+    def _apply_clicks(self, enc, lesions: list[FusedLesion], prompts: Prompts) -> list[FusedLesion]:
+        """Clicks refine the lesion whose box they fall in: box + clicks decoded once more, replacing its mask."""
+        from radvlsm.predictor import assign_points_to_boxes
+
+        boxes = np.array([lesion.box for lesion in lesions], np.float32)
+        owner = assign_points_to_boxes(prompts.points, boxes)
+        for i, lesion in enumerate(lesions):
+            sel = owner == i
+            if sel.any():
+                masks, iou = self.predictor.decode(enc, boxes[i], prompts.points[sel], prompts.point_labels[sel])
+                lesion.mask = masks[0]
+                lesion.prompts.append({"kind": "clicks", "n": int(sel.sum()), "predicted_iou": round(float(iou[0]), 4)})
+        return lesions
+
+    @staticmethod
+    def _lesion_json(i: int, lesion: FusedLesion, diagnosis: Any | None) -> dict[str, Any]:
+        ys, xs = np.nonzero(lesion.mask)
+        box = [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+        out = {"label": i + 1, "box": box, "roi": box_to_slicer_roi(box), "area_px": int(lesion.mask.sum()),
+               "proposal_score": round(lesion.score, 4), "agreement": round(lesion.agreement, 4),
+               "uncertainty": round(lesion.uncertainty, 4), "n_prompts": len(lesion.prompts),
+               "prompts": lesion.prompts}
+        if diagnosis is not None:
+            out["diagnosis"] = diagnosis.to_json()
+        return out

@@ -1,0 +1,103 @@
+"""The default proposer: ``qformer_lite`` over the shared LiteMedSAM embedding (no second image encode).
+
+Candidates come from the text-conditioned relevance map (connected components at two thresholds, NMS) plus the
+box head; the checkpoint's held-back validation chose which ranks first and the relevance threshold. Nothing is
+proposed when the image-text match is below the checkpoint's threshold. (Boxes are snapped to the lesion by
+:mod:`radvlsm.proposals.refine`, for every backend alike, in the proposal service.)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from radvlsm.errors import CheckpointError
+from radvlsm.io import Image2D
+from radvlsm.predictor import Encoded, SegmentPredictor
+from radvlsm.proposals.base import Candidate, Proposal, register_proposer
+from radvlsm.proposals.boxes import heatmap_boxes, nms
+from radvlsm.proposals.qformer_model import QFormerLite, QFormerLiteConfig, valid_grid
+from radvlsm.text import TextEncoder, shared_text_encoder, validate_text
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[3] / "model" / "qformer_lite" / "qformer_lite.pt"
+
+
+def load_qformer(path: str | Path, device: str = "cpu") -> tuple[QFormerLite, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"qformer_lite checkpoint not found: {path}. It ships in the repository's "
+                              "model/qformer_lite/; retrain with scripts/proposer_train.py")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        model = QFormerLite(QFormerLiteConfig(**ckpt["config"]))
+        model.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"qformer_lite checkpoint {path} could not be loaded ({exc})") from exc
+    return model.to(device).eval(), ckpt
+
+
+class QFormerLiteProposer:
+    name = "qformer_lite"
+    refine_by_default = True  # its relevance map is a 4-pixel grid: snapping helps
+
+    def __init__(self, predictor: SegmentPredictor, checkpoint: str | Path | None = None,
+                 text_encoder: TextEncoder | None = None):
+        if predictor.backbone.name != "litemedsam":
+            raise ValueError("qformer_lite was trained on LiteMedSAM embeddings; serve it with backbone litemedsam")
+        self.predictor = predictor
+        self.checkpoint = Path(checkpoint or DEFAULT_CHECKPOINT)
+        self.model, meta = load_qformer(self.checkpoint, str(predictor.device))
+        self.rank = meta.get("rank", "heatmap")
+        self.threshold = float(meta.get("match_threshold", 0.5))
+        self.heat_threshold = float(meta.get("heat_threshold", 0.5))
+        self.version = f"{self.checkpoint.stat().st_mtime_ns:x}"
+        self.text_encoder = text_encoder or shared_text_encoder()
+
+    @torch.inference_mode()
+    def score(self, enc: Encoded, text: str) -> tuple[float, np.ndarray, np.ndarray]:
+        """Match probability, the relevance heatmap on the original grid, and the box head's box (pixels)."""
+        feats = self.text_encoder.encode(text)
+        dev = self.predictor.device
+        valid = valid_grid(enc.input_size, self.predictor.backbone.img_size, self.model.cfg.grid)[None].to(dev)
+        out = self.model(enc.embedding.to(dev), valid, feats.tokens[None].to(dev), feats.mask[None].to(dev))
+        size = self.predictor.backbone.img_size
+        heat = F.interpolate(out["heat"][:, None].float(), (size, size), mode="bilinear", align_corners=False)
+        heat = heat[..., : enc.input_size[0], : enc.input_size[1]]
+        heat = F.interpolate(heat, enc.original_size, mode="bilinear", align_corners=False).sigmoid()[0, 0]
+        rows, cols = enc.original_size
+        cx, cy, w, h = out["box"][0].float().cpu().tolist()
+        box = np.array([(cx - w / 2) * cols, (cy - h / 2) * rows, (cx + w / 2) * cols - 1, (cy + h / 2) * rows - 1])
+        box = np.clip(box, 0, [cols - 1, rows - 1, cols - 1, rows - 1]).astype(np.float32)
+        return float(out["itm"].sigmoid()[0]), heat.cpu().numpy().astype(np.float32), box
+
+    def propose(self, image: Image2D, text: str, top_k: int = 3, encoded: Encoded | None = None) -> Proposal:
+        text = validate_text(text)
+        t0 = time.perf_counter()
+        enc = encoded or self.predictor.encode(image)
+        t1 = time.perf_counter()
+        match, heat, head_box = self.score(enc, text)
+        candidates: list[Candidate] = []
+        if match >= self.threshold:
+            low = max(0.1, self.heat_threshold - 0.15)
+            boxes, scores = heatmap_boxes(heat, thresholds=(self.heat_threshold, low))
+            head_score = (scores.max() if len(scores) else 1.0) * (1.01 if self.rank == "box_head" else 0.99)
+            boxes = np.concatenate([boxes, head_box[None]])
+            scores = np.concatenate([scores, [head_score]]).astype(np.float32)
+            sources = ["heatmap"] * (len(boxes) - 1) + ["box_head"]
+            keep = nms(boxes, scores, 0.5)[:top_k]
+            for i in keep:
+                extra = {"source": sources[i], "relevance": round(float(scores[i]), 4)}
+                candidates.append(Candidate(boxes[i].tolist(), float(np.sqrt(match * scores[i])), self.name, extra))
+            candidates.sort(key=lambda c: -c.score)
+        t2 = time.perf_counter()
+        return Proposal(candidates, match, heat, self.name,
+                        {"encode": enc.encode_ms, "propose": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3})
+
+
+@register_proposer("qformer_lite")
+def build_qformer_lite(predictor: SegmentPredictor, checkpoint: str | None = None, **kwargs) -> QFormerLiteProposer:
+    return QFormerLiteProposer(predictor, checkpoint=checkpoint, **kwargs)
