@@ -71,6 +71,10 @@ class RadVLSMApp(MONAILabelApp):
         if isinstance(image, str) and image and not _is_upload(image):
             if not (datastore or self.datastore()).get_image_uri(image):
                 raise HTTPException(404, f"image: no image with id '{image}' in the datastore")
+        if model == "diagnosis" and isinstance(image, str) and not request.get("label"):
+            stored = (datastore or self.datastore()).get_label_uri(image, "final")
+            if stored:  # the clinician's corrected mask, when there is one
+                request = {**request, "label": stored, "mask_source": "saved final label"}
         try:
             return super().infer(request, datastore)
         except InputError as exc:

@@ -1,0 +1,54 @@
+"""``radvlsm`` (the full pipeline, type segmentation) and ``diagnosis`` (type classification) share one pipeline:
+the app's predictor (one encode per image), the qformer_lite proposer and the shipped diagnosis head."""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import cached_property
+
+from monailabel.interfaces.config import TaskConfig
+
+from lib.infers.radvlsm import DiagnosisInfer, RadVLSMInfer
+from lib.models import shared_predictor
+from radvlsm.pipeline import RadVLSMPipeline
+from radvlsm.pipeline_service import DiagnosisService, PipelineService
+from radvlsm.proposals import build_proposer
+
+logger = logging.getLogger(__name__)
+_pipelines: dict[tuple, RadVLSMPipeline] = {}
+
+
+def shared_pipeline(conf: dict[str, str], model_dir: str) -> RadVLSMPipeline:
+    key = (tuple(sorted(conf.items())), model_dir)
+    if key not in _pipelines:
+        predictor = shared_predictor(conf)
+        checkpoint = conf.get("qformer_checkpoint") or os.path.join(model_dir, "qformer_lite", "qformer_lite.pt")
+        proposer = build_proposer("qformer_lite", predictor=predictor, checkpoint=checkpoint)
+        head_dir = conf.get("diagnosis_dir") or os.path.join(model_dir, "diagnosis")
+        diagnoser = None
+        if os.path.exists(os.path.join(head_dir, "head.json")):
+            from radvlsm.diagnosis import Diagnoser
+
+            diagnoser = Diagnoser.load(head_dir)
+        else:
+            logger.warning(f"radvlsm: no diagnosis head in {head_dir}; diagnosis is off")
+        _pipelines[key] = RadVLSMPipeline(predictor, proposer, diagnoser)
+    return _pipelines[key]
+
+
+class RadVLSMConfig(TaskConfig):
+    @cached_property
+    def pipeline(self) -> RadVLSMPipeline:
+        return shared_pipeline(self.conf, self.model_dir)
+
+    def infer(self):
+        return RadVLSMInfer(PipelineService(self.pipeline, self.conf.get("text", "lesion")))
+
+    def trainer(self):
+        return None
+
+
+class DiagnosisConfig(RadVLSMConfig):
+    def infer(self):
+        return DiagnosisInfer(DiagnosisService(self.pipeline, self.conf.get("text", "lesion")))

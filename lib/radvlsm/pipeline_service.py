@@ -1,0 +1,87 @@
+"""Request-level ``radvlsm`` (text -> masks -> diagnosis) and ``diagnosis`` tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from radvlsm.errors import InputError
+from radvlsm.geometry import parse_prompts
+from radvlsm.io import load_mask
+from radvlsm.params import get_bool, get_int
+from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline
+from radvlsm.service import LabelResult, load_request_image
+
+CLASSES = ("benign", "malignant")
+
+
+def pipeline_options(request: dict[str, Any], default_text: str) -> PipelineOptions:
+    return PipelineOptions(text=request.get("text", default_text), top_k=get_int(request, "top_k", 3, 1, 20),
+                           diagnose=get_bool(request, "diagnose", True),
+                           max_lesions=get_int(request, "max_lesions", 3, 1, 20))
+
+
+class PipelineService:
+    def __init__(self, pipeline: RadVLSMPipeline, default_text: str = "lesion"):
+        self.pipeline = pipeline
+        self.default_text = default_text
+
+    def run(self, request: dict[str, Any]) -> LabelResult:
+        opts = pipeline_options(request, self.default_text)
+        image = load_request_image(request)
+        prompts = parse_prompts(request, image.shape)
+        res = self.pipeline.run(image, opts, prompts if not prompts.empty else None)
+        return LabelResult(res.label, image, res.result)
+
+
+def classification_json(diagnoses: list[Any]) -> dict[str, Any]:
+    """MONAI Label's classification form for the first describable lesion, plus every lesion's full result."""
+    ok = [d for d in diagnoses if d.ok]
+    out: dict[str, Any] = {"diagnoses": [d.to_json() for d in diagnoses],
+                           "text": "\n\n".join(f"Lesion {i + 1}: {d.to_text()}" for i, d in enumerate(diagnoses))}
+    if ok:
+        p = float(ok[0].probability)
+        out.update(prediction=[{"idx": 0, "label": CLASSES[0], "score": round(1 - p, 4)},
+                               {"idx": 1, "label": CLASSES[1], "score": round(p, 4)}],
+                   probability_malignant=round(p, 4), label=ok[0].label)
+    else:
+        out.update(prediction=[], probability_malignant=None, label=None)
+    return out
+
+
+class DiagnosisService:
+    """Diagnose the lesion(s) of a given mask (uploaded or stored), or of the pipeline's own mask."""
+
+    def __init__(self, pipeline: RadVLSMPipeline, default_text: str = "lesion"):
+        self.pipeline = pipeline
+        self.default_text = default_text
+
+    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.pipeline.diagnoser is None:
+            raise InputError("model", "no diagnosis head is loaded (model/diagnosis/head.json is missing)")
+        image = load_request_image(request)
+        label_path = request.get("label")
+        if label_path:
+            label = load_mask(label_path, image.shape, field_name="label")
+            source = request.get("mask_source", "uploaded label")
+            lesion_masks = [label == v for v in np.unique(label) if v > 0] or [label > 0]
+            pipeline_json = None
+        else:
+            res = self.pipeline.run(image, pipeline_options({**request, "diagnose": False}, self.default_text))
+            lesion_masks = [lesion.mask for lesion in res.lesions]
+            source = "radvlsm pipeline"
+            pipeline_json = res.result
+            if not lesion_masks:
+                out = classification_json([])
+                out.update(mask_source=source, message=res.result["message"], pipeline=pipeline_json)
+                return out
+        enc = self.pipeline.predictor.encode(image)
+        diagnoses = [self.pipeline.diagnoser.diagnose(image, m, embedding=enc) for m in lesion_masks]
+        out = classification_json(diagnoses)
+        out["mask_source"] = source
+        if pipeline_json is not None:
+            out["pipeline"] = {k: pipeline_json[k] for k in ("text", "match_score", "latencies_ms")}
+        if not any(d.ok for d in diagnoses):
+            out["message"] = diagnoses[0].to_text()
+        return out
