@@ -1,0 +1,126 @@
+"""``radvlsm`` command line: the pipeline without a server, for people who want to look at the result.
+
+    radvlsm segment IMAGE [IMAGE ...] --text "breast lesion" --out DIR [--no-diagnose] [--box x0 y0 x1 y1]
+
+Writes, per image, ``<stem>_mask.png`` (lesion i = i+1), ``<stem>.json`` and ``<stem>_overlay.png`` (lesion
+outline, box and diagnosis). Bad input is a message on stderr and exit status 2; nothing half-written is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from radvlsm.errors import RadVLSMError
+
+COLOURS = [(255, 64, 64), (64, 200, 255), (255, 200, 0)]
+
+
+def overlay(rgb: np.ndarray, label: np.ndarray, result: dict) -> np.ndarray:
+    """Lesion outlines, their boxes and a one-line diagnosis per lesion drawn on the image."""
+    from PIL import Image, ImageDraw
+    from scipy import ndimage
+
+    out = rgb.copy()
+    for i in range(1, int(label.max()) + 1):
+        m = label == i
+        edge = m & ~ndimage.binary_erosion(m)
+        out[ndimage.binary_dilation(edge)] = COLOURS[(i - 1) % len(COLOURS)]
+    im = Image.fromarray(out)
+    draw = ImageDraw.Draw(im)
+    for i, lesion in enumerate(result.get("lesions", [])):
+        colour = COLOURS[i % len(COLOURS)]
+        x0, y0, x1, y1 = lesion["box"]
+        draw.rectangle([x0, y0, x1, y1], outline=colour)
+        dx = lesion.get("diagnosis", {})
+        text = f"{i + 1}"
+        if dx.get("status") == "ok":
+            text += f": {dx['label']} p={dx['probability']:.2f}"
+        draw.text((x0 + 2, max(0, y0 - 12)), text, fill=colour)
+    if not result.get("found", True):
+        draw.text((4, 4), "no lesion found", fill=(255, 255, 0))
+    return np.array(im)
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from radvlsm.diagnosis import Diagnoser
+    from radvlsm.geometry import Prompts, validate_boxes
+    from radvlsm.io import load_image, save_mask
+    from radvlsm.models import build_backbone
+    from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline
+    from radvlsm.predictor import SegmentPredictor
+    from radvlsm.proposals import build_proposer
+    from radvlsm.proposals.qformer_lite import DEFAULT_CHECKPOINT
+
+    predictor = SegmentPredictor(build_backbone(args.backbone, checkpoint=args.checkpoint, device=args.device))
+    proposer = build_proposer("qformer_lite", predictor=predictor, checkpoint=args.qformer_checkpoint)
+    head_dir = Path(args.diagnosis_dir or DEFAULT_CHECKPOINT.parents[1] / "diagnosis")
+    diagnoser = Diagnoser.load(head_dir) if not args.no_diagnose and (head_dir / "head.json").exists() else None
+    pipeline = RadVLSMPipeline(predictor, proposer, diagnoser)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for path in args.images:
+        try:
+            image = load_image(path)
+            prompts = None
+            if args.box:
+                boxes = validate_boxes([args.box], image.shape, "--box")
+                prompts = Prompts(boxes, np.zeros((0, 2), np.float32), np.zeros(0, int))
+            res = pipeline.run(image, PipelineOptions(text=args.text, diagnose=not args.no_diagnose), prompts)
+        except RadVLSMError as exc:
+            print(f"radvlsm: {path}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        stem = Path(path).name.split(".")[0]
+        save_mask(res.label, out / f"{stem}_mask.png", like=image)
+        _atomic_write(out / f"{stem}.json", lambda p, r=res: Path(p).write_text(json.dumps(r.result, indent=2)))
+        vis = overlay(image.rgb_uint8(), res.label, res.result)
+        _atomic_write(out / f"{stem}_overlay.png", lambda p, v=vis: Image.fromarray(v).save(p, format="PNG"))
+        lesions = res.result["lesions"]
+        summary = "; ".join(
+            f"lesion {x['label']}: {x['area_px']} px" + (f", {x['diagnosis']['summary']}" if "diagnosis" in x else "")
+            for x in lesions) or res.result.get("message", "")
+        print(f"{path}: {summary}")
+    return 2 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="radvlsm", description="Text-guided lesion segmentation and diagnosis")
+    sub = ap.add_subparsers(dest="command", required=True)
+    seg = sub.add_parser("segment", help="text -> lesion masks (+ diagnosis) for one or more images")
+    seg.add_argument("images", nargs="+")
+    seg.add_argument("--text", default="lesion", help="the phrase (default: the class-agnostic 'lesion')")
+    seg.add_argument("--out", required=True, help="output folder")
+    seg.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
+                     help="use this box instead of the proposals (pixel columns/rows)")
+    seg.add_argument("--no-diagnose", action="store_true")
+    seg.add_argument("--backbone", default="litemedsam")
+    seg.add_argument("--checkpoint", default=None)
+    seg.add_argument("--qformer-checkpoint", default=None)
+    seg.add_argument("--diagnosis-dir", default=None)
+    seg.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    return cmd_segment(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
