@@ -8,6 +8,7 @@ Prints mean Dice per rule: the single top-1 proposal box, and fusion variants of
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ def dice(a, b) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--sets", nargs="+", default=["busbra-train", "kvasir-train"])
     args = ap.parse_args()
     predictor = SegmentPredictor(build_backbone("litemedsam"), disk_cache="~/.cache/radvlsm/embeddings")
     proposer = build_proposer("qformer_lite", predictor=predictor)
@@ -42,7 +44,7 @@ def main() -> None:
         "vote, no multimask": agg.AggregationConfig(multimask=False),
         "vote, wider jitter": agg.AggregationConfig(scales=(0.85, 1.15), shift=0.08),
     }
-    for name in ("busbra-train", "kvasir-train"):
+    for name in args.sets:
         items = load(name)
         items = random.Random(1).sample(items, args.n)
         scores: dict[str, list[float]] = {"top-1 box": [], "top-1 coarse box": [], **{r: [] for r in rules}}
@@ -57,6 +59,14 @@ def main() -> None:
                 continue
             coarse = np.array(prop.candidates[0].box, np.float32)
             scores["top-1 coarse box"].append(dice(predictor.decode(enc, coarse)[0][0], gt))
+            best = max(c.score for c in prop.candidates)
+            kept = [copy.deepcopy(c) for c in prop.candidates if c.score >= 0.85 * best]
+            for rule, cfg in rules.items():
+                lesions = agg.aggregate(predictor, enc, copy.deepcopy(kept), cfg)
+                pred = np.zeros(image.shape, bool)
+                for lesion in lesions:
+                    pred |= lesion.mask
+                scores.setdefault(f"coarse {rule}", []).append(dice(pred, gt))
             cands = refine_candidates(predictor, enc, prop.candidates)
             scores["top-1 box"].append(dice(predictor.decode(enc, np.array(cands[0].box, np.float32))[0][0], gt))
             best = max(c.score for c in cands)

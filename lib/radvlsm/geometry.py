@@ -143,7 +143,8 @@ class ResizeLongestSide:
     def new_size(self, shape: tuple[int, int]) -> tuple[int, int]:
         height, width = shape
         scale = self.target_length / max(height, width)
-        return int(round(height * scale)), int(round(width * scale))
+        # as segment-anything: round half up (Python's round() halves to even), and never to zero rows
+        return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
 
     def scale_xy(self, shape: tuple[int, int]) -> tuple[float, float]:
         new_h, new_w = self.new_size(shape)
