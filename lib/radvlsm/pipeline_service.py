@@ -57,10 +57,13 @@ class DiagnosisService:
         self.pipeline = pipeline
         self.default_text = default_text
 
-    def run(self, request: dict[str, Any]) -> dict[str, Any]:
+    def run(self, request: dict[str, Any]) -> LabelResult:
+        image = load_request_image(request)
+        return LabelResult(None, image, self.diagnose(image, request))
+
+    def diagnose(self, image: Any, request: dict[str, Any]) -> dict[str, Any]:
         if self.pipeline.diagnoser is None:
             raise InputError("model", "no diagnosis head is loaded (model/diagnosis/head.json is missing)")
-        image = load_request_image(request)
         label_path = request.get("label")
         if label_path:
             label = load_mask(label_path, image.shape, field_name="label")

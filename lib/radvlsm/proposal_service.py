@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from radvlsm.errors import InputError
+from radvlsm.geometry import box_to_slicer_roi
 from radvlsm.params import get_bool, get_int
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.proposals.base import BoxProposer, Proposal
@@ -28,6 +29,11 @@ def requested_backends(request: dict[str, Any], available: dict[str, BoxProposer
     if unknown or not names:
         raise InputError("backend", f"unknown backend {unknown or names}; available: {sorted(available)}")
     return names
+
+
+def with_roi(candidate: dict[str, Any]) -> dict[str, Any]:
+    """Add the Slicer-order ``roi`` beside the SAM-order ``box``."""
+    return {**candidate, "roi": box_to_slicer_roi(candidate["box"])}
 
 
 class ProposalService:
@@ -58,7 +64,7 @@ class ProposalService:
             "text": text,
             "found": bool(merged),
             "match_score": round(match, 4),
-            "candidates": [c.to_json() for c in merged],
+            "candidates": [with_roi(c.to_json()) for c in merged],
             "backends": {p.backend: {"match_score": round(p.match_score, 4), "n_candidates": len(p.candidates),
                                      "latencies_ms": {k: round(v, 1) for k, v in p.timings_ms.items()}}
                          for p in proposals},

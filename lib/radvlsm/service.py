@@ -27,7 +27,7 @@ RESULT_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "int16": np.int16, "int
 
 @dataclass
 class LabelResult:
-    label: np.ndarray  # (rows, cols) integer labels
+    label: np.ndarray | None  # (rows, cols) integer labels; None when the task returns JSON only
     image: Image2D
     result: dict[str, Any]
 

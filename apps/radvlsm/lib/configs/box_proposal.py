@@ -12,7 +12,7 @@ import threading
 
 from monailabel.interfaces.config import TaskConfig
 
-from lib.infers.box_proposal import BoxProposalInfer
+from lib.infers.box_proposal import box_proposal_infer
 from lib.models import shared_predictor
 from radvlsm.io import load_image, load_mask
 from radvlsm.proposal_service import ProposalService
@@ -34,7 +34,7 @@ class BoxProposalConfig(TaskConfig):
             proposers["blip2"] = build_proposer("blip2", model_path=self.conf["blip2_path"],
                                                 device=str(predictor.device))
         text = self.conf.get("text", "lesion")
-        return BoxProposalInfer(ProposalService(predictor, proposers, default_text=text))
+        return box_proposal_infer(ProposalService(predictor, proposers, default_text=text))
 
     def trainer(self):
         return None

@@ -9,7 +9,7 @@ from functools import cached_property
 
 from monailabel.interfaces.config import TaskConfig
 
-from lib.infers.radvlsm import DiagnosisInfer, RadVLSMInfer
+from lib.infers.radvlsm import diagnosis_infer, radvlsm_infer
 from lib.models import shared_predictor
 from radvlsm.pipeline import RadVLSMPipeline
 from radvlsm.pipeline_service import DiagnosisService, PipelineService
@@ -43,7 +43,7 @@ class RadVLSMConfig(TaskConfig):
         return shared_pipeline(self.conf, self.model_dir)
 
     def infer(self):
-        return RadVLSMInfer(PipelineService(self.pipeline, self.conf.get("text", "lesion")))
+        return radvlsm_infer(PipelineService(self.pipeline, self.conf.get("text", "lesion")))
 
     def trainer(self):
         return None
@@ -51,4 +51,4 @@ class RadVLSMConfig(TaskConfig):
 
 class DiagnosisConfig(RadVLSMConfig):
     def infer(self):
-        return DiagnosisInfer(DiagnosisService(self.pipeline, self.conf.get("text", "lesion")))
+        return diagnosis_infer(DiagnosisService(self.pipeline, self.conf.get("text", "lesion")))

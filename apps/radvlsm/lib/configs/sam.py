@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from monailabel.interfaces.config import TaskConfig
 
-from lib.infers.sam import SamInfer
+from lib.infers.sam import sam_infer
 from lib.models import shared_predictor
 
 
 class SamConfig(TaskConfig):
     def infer(self):
-        return SamInfer(shared_predictor(self.conf))
+        return sam_infer(shared_predictor(self.conf))
 
     def trainer(self):
         return None

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+from monailabel.interfaces.tasks.infer_v2 import InferType
 
+from lib.infers.base import ServiceInfer
 from radvlsm.proposal_service import ProposalService
-from radvlsm.service import write_label
 
 DESCRIPTION = (
     "Text-guided lesion box proposals. params: text (default in config), top_k, backend "
@@ -15,20 +15,7 @@ DESCRIPTION = (
 )
 
 
-class BoxProposalInfer(InferTask):
-    def __init__(self, service: ProposalService):
-        super().__init__(type=InferType.DETECTION, labels={"lesion": 1}, dimension=2, description=DESCRIPTION,
-                         config={"text": service.default_text, "top_k": 3, "backend": service.default_backend,
-                                 "heatmap": False})
-        self.service = service
-
-    def is_valid(self) -> bool:
-        return True
-
-    def __call__(self, request):
-        res = self.service.run(request)
-        for c in res.result["candidates"]:
-            x0, y0, x1, y1 = c["box"]
-            c["roi"] = [x0, x1, y0, y1, 0, 0]
-        path = write_label(res.label, res.image, request) if res.label is not None else None
-        return path, res.result
+def box_proposal_infer(service: ProposalService) -> ServiceInfer:
+    return ServiceInfer(service, InferType.DETECTION, {"lesion": 1}, DESCRIPTION,
+                        {"text": service.default_text, "top_k": 3, "backend": service.default_backend,
+                         "heatmap": False})

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+from monailabel.interfaces.tasks.infer_v2 import InferType
 
+from lib.infers.base import ServiceInfer
 from radvlsm.pipeline_service import DiagnosisService, PipelineService
-from radvlsm.service import write_label
 
 PIPELINE = (
     "Text -> lesion boxes -> fused lesion masks -> diagnosis, on one image encode. params: text (default in "
@@ -19,29 +19,11 @@ DIAGNOSIS = (
 )
 
 
-class RadVLSMInfer(InferTask):
-    def __init__(self, service: PipelineService):
-        super().__init__(type=InferType.SEGMENTATION, labels={"lesion": 1}, dimension=2, description=PIPELINE,
-                         config={"text": service.default_text, "top_k": 3, "diagnose": True})
-        self.service = service
-
-    def is_valid(self) -> bool:
-        return True
-
-    def __call__(self, request):
-        res = self.service.run(request)
-        res.result["label_names"] = self.labels
-        return write_label(res.label, res.image, request), res.result
+def radvlsm_infer(service: PipelineService) -> ServiceInfer:
+    return ServiceInfer(service, InferType.SEGMENTATION, {"lesion": 1}, PIPELINE,
+                        {"text": service.default_text, "top_k": 3, "diagnose": True})
 
 
-class DiagnosisInfer(InferTask):
-    def __init__(self, service: DiagnosisService):
-        super().__init__(type=InferType.CLASSIFICATION, labels={"benign": 0, "malignant": 1}, dimension=2,
-                         description=DIAGNOSIS, config={"text": service.default_text})
-        self.service = service
-
-    def is_valid(self) -> bool:
-        return True
-
-    def __call__(self, request):
-        return None, self.service.run(request)
+def diagnosis_infer(service: DiagnosisService) -> ServiceInfer:
+    return ServiceInfer(service, InferType.CLASSIFICATION, {"benign": 0, "malignant": 1}, DIAGNOSIS,
+                        {"text": service.default_text})

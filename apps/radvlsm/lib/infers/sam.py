@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+from monailabel.interfaces.tasks.infer_v2 import InferType
 
+from lib.infers.base import ServiceInfer
 from radvlsm.predictor import SegmentPredictor
-from radvlsm.service import SamService, write_label
+from radvlsm.service import SamService
 
 DESCRIPTION = (
     "Box/click prompted lesion segmentation (LiteMedSAM by default). Prompts: Slicer/OHIF roi=[x0,x1,y0,y1,z0,z1] "
@@ -14,16 +15,6 @@ DESCRIPTION = (
 )
 
 
-class SamInfer(InferTask):
-    def __init__(self, predictor: SegmentPredictor):
-        super().__init__(type=InferType.DEEPGROW, labels={"lesion": 1}, dimension=2, description=DESCRIPTION,
-                         config={"multilabel": False, "backbone": predictor.backbone.name})
-        self.service = SamService(predictor)
-
-    def is_valid(self) -> bool:
-        return True
-
-    def __call__(self, request):
-        res = self.service.run(request)
-        res.result["label_names"] = self.labels
-        return write_label(res.label, res.image, request), res.result
+def sam_infer(predictor: SegmentPredictor) -> ServiceInfer:
+    return ServiceInfer(SamService(predictor), InferType.DEEPGROW, {"lesion": 1}, DESCRIPTION,
+                        {"multilabel": False, "backbone": predictor.backbone.name})

@@ -1,0 +1,27 @@
+"""One shape for every radvlsm infer task: a request-level service in, (label file or None, JSON) out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+
+from radvlsm.service import write_label
+
+
+class ServiceInfer(InferTask):
+    """``service.run(request)`` returns a :class:`radvlsm.service.LabelResult`; its label (if any) is written
+    with the image's geometry in the format the client asked (``result_extension``/``result_dtype``)."""
+
+    def __init__(self, service: Any, type: str, labels: dict[str, int], description: str, config: dict[str, Any]):
+        super().__init__(type=type, labels=labels, dimension=2, description=description, config=config)
+        self.service = service
+
+    def is_valid(self) -> bool:
+        return True
+
+    def __call__(self, request):
+        res = self.service.run(request)
+        res.result["label_names"] = self.labels
+        path = write_label(res.label, res.image, request) if res.label is not None else None
+        return path, res.result
