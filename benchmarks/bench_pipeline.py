@@ -31,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import dice, iou, write_csv  # noqa: E402
 from benchmarks.datasets import load  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
 from radvlsm.models import build_backbone  # noqa: E402
@@ -46,12 +47,8 @@ DICE_TARGET = 0.85
 GAIN_TARGET, LOSS_LIMIT = 0.01, 0.005  # fused >= top-1 + 1 point; never worse than top-1 by more than 0.5 point
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
 
 
 class Recording:
@@ -175,12 +172,6 @@ def _figure_pil(picks, masks, by_case, out: Path) -> Path:
     return out
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def model_card_fused() -> list[str]:

@@ -19,7 +19,6 @@ left as ``bench_sam.py`` wrote it. Per-image rows go to benchmarks/results/propo
 from __future__ import annotations
 
 import argparse
-import csv
 import random
 import statistics
 import sys
@@ -32,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import dice, write_csv  # noqa: E402
 from benchmarks.datasets import load  # noqa: E402
 from radvlsm.geometry import mask_to_box  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
@@ -59,8 +59,6 @@ BANKS = {"busbra": "busbra-train", "kvasir": "kvasir-train"}
 WRONG = {"busbra": "colon polyp", "kvasir": "breast lesion"}
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
 def build_bank(predictor: SegmentPredictor, bank: str, n: int):
@@ -107,11 +105,7 @@ def run_dataset(name: str, items, predictor: SegmentPredictor, service: Proposal
         if (i + 1) % 25 == 0:
             msg = ", ".join(f"{b} top-1 hit {np.mean([r[f'{b}_top1_iou'] >= 0.5 for r in rows]):.3f}" for b in backends)
             print(f"  {name} {i + 1}/{len(items)}: {msg}", file=sys.stderr, flush=True)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with out_csv.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, out_csv)
     return rows
 
 

@@ -9,7 +9,6 @@ Prints one markdown table row per dataset; per-image rows go to benchmarks/resul
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -23,6 +22,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import dice, write_csv  # noqa: E402
 from benchmarks.datasets import load  # noqa: E402
 from radvlsm.geometry import Prompts, mask_to_box  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
@@ -34,8 +34,6 @@ DISK_CACHE = "~/.cache/radvlsm/embeddings"
 NO_POINTS = (np.zeros((0, 2), np.float32), np.zeros(0, int))
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
 def in_process(items, predictor: SegmentPredictor, out_csv: Path, store: SegmentPredictor) -> list[dict]:
@@ -51,11 +49,7 @@ def in_process(items, predictor: SegmentPredictor, out_csv: Path, store: Segment
                      "encode_ms": first.timings_ms["encode"], "cached_decode_ms": cached.timings_ms["total"]})
         if (i + 1) % 25 == 0:
             print(f"  {i + 1}/{len(items)} mean Dice {np.mean([r['dice'] for r in rows]):.4f}", file=sys.stderr)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with out_csv.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, out_csv)
     return rows
 
 
