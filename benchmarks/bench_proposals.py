@@ -75,7 +75,9 @@ def build_bank(predictor: SegmentPredictor, bank: str, n: int):
 
 
 def run_dataset(name: str, items, predictor: SegmentPredictor, service: ProposalService, backends: list[str],
-                text: str, wrong: str | None, out_csv: Path) -> list[dict]:
+                text: str, wrong: str | None, out_csv: Path, refine: dict | None = None) -> list[dict]:
+    """``refine``: {} for each backend's server default, or {"refine": True/False} to force it."""
+    refine = refine or {}
     rows = []
     for i, (img_path, mask_path, case) in enumerate(items):
         image = load_image(img_path)
@@ -86,7 +88,7 @@ def run_dataset(name: str, items, predictor: SegmentPredictor, service: Proposal
                      "cols": image.shape[1], "gt_box": [round(float(v)) for v in gt_box]}
         for b in backends:
             t = time.perf_counter()
-            _, _, res = service.propose({"image": str(img_path), "text": text, "backend": b, "top_k": 3})
+            _, _, res = service.propose({"image": str(img_path), "text": text, "backend": b, "top_k": 3, **refine})
             ms = (time.perf_counter() - t) * 1e3
             boxes = np.array([c["box"] for c in res["candidates"]], np.float32).reshape(-1, 4)
             ious = box_iou(boxes, gt_box)[:, 0] if len(boxes) else np.zeros(0)
@@ -99,7 +101,8 @@ def run_dataset(name: str, items, predictor: SegmentPredictor, service: Proposal
                         f"{b}_top1_dice": top1_dice, f"{b}_match": res["match_score"], f"{b}_ms": ms,
                         f"{b}_top1_box": [round(float(v)) for v in boxes[0]] if len(boxes) else None})
             if wrong is not None:
-                _, _, res_w = service.propose({"image": str(img_path), "text": wrong, "backend": b, "top_k": 3})
+                _, _, res_w = service.propose({"image": str(img_path), "text": wrong, "backend": b, "top_k": 3,
+                                               **refine})
                 row.update({f"{b}_wrong_found": bool(res_w["candidates"]), f"{b}_wrong_match": res_w["match_score"]})
         rows.append(row)
         if (i + 1) % 25 == 0:
@@ -133,6 +136,8 @@ def main() -> None:
     ap.add_argument("--exemplars", type=int, default=20)
     ap.add_argument("--limit", type=int, default=None, help="first N images only")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--refine", choices=["default", "on", "off"], default="default",
+                    help="snap boxes with one decoder pass: each backend's server default, or forced on/off")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     predictor = SegmentPredictor(build_backbone("litemedsam"), disk_cache=DISK_CACHE)
@@ -154,13 +159,15 @@ def main() -> None:
                 proposers[b] = build_proposer(b, predictor=predictor)
         service = ProposalService(predictor, proposers, default_backend=args.backends[0], default_text=args.text)
         wrong = args.wrong_text or WRONG.get(dom)
+        refine = {} if args.refine == "default" else {"refine": args.refine == "on"}
         rows = run_dataset(name, items, predictor, service, args.backends, args.text, wrong,
-                           ROOT / "benchmarks" / "results" / f"proposals_{Path(name).name}.csv")
+                           ROOT / "benchmarks" / "results" / f"proposals_{Path(name).name}.csv", refine)
         predictor.cache.clear()
         results.append((name, dom, len(rows), sum(not r["cached_on_disk"] for r in rows), wrong,
                         {b: summarise(rows, b, wrong) for b in args.backends}))
 
-    print(f'Phrase "{args.text}"; refinement as the server applies it (per-backend default); template bank: '
+    how = "as the server applies it (per-backend default)" if args.refine == "default" else f"forced {args.refine}"
+    print(f'Phrase "{args.text}"; refinement {how}; template bank: '
           f"{args.exemplars} exemplars, random.Random(0).sample of the training split.\n")
     print("| dataset | backend | images | top-1 IoU>=0.5 | top-3 recall | top-1 box IoU (median) "
           "| top-1 box sam Dice (mean) | no candidate | wrong-phrase FP | proposal ms (median, cached) | target |")
