@@ -2,8 +2,8 @@
 
 Candidates come from the text-conditioned relevance map (connected components at two thresholds, NMS) plus the
 box head; the checkpoint's held-back validation chose which ranks first and the relevance threshold. Nothing is
-proposed when the image-text match is below the checkpoint's threshold. (Boxes are snapped to the lesion by
-:mod:`radvlsm.proposals.refine`, for every backend alike, in the proposal service.)
+proposed when the image-text match is below the checkpoint's threshold. (The proposal service can snap boxes to
+the lesion with :mod:`radvlsm.proposals.refine` on request; it is off by default, see ``refine_by_default``.)
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def load_qformer(path: str | Path, device: str = "cpu") -> tuple[QFormerLite, di
 
 class QFormerLiteProposer:
     name = "qformer_lite"
-    refine_by_default = True  # its relevance map is a 4-pixel grid: snapping helps
+    # Snapping (one decoder pass) left the top-1 hit rate unchanged and lowered the mask Dice from the box on
+    # training images (scripts/tune_aggregation.py), and costs ~0.2 s: off unless asked (refine=true).
+    refine_by_default = False
 
     def __init__(self, predictor: SegmentPredictor, checkpoint: str | Path | None = None,
                  text_encoder: TextEncoder | None = None):

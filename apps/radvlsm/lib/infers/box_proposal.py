@@ -10,7 +10,7 @@ from radvlsm.proposal_service import ProposalService
 DESCRIPTION = (
     "Text-guided lesion box proposals. params: text (default in config), top_k, backend "
     "(qformer_lite | template | blip2, or several), heatmap=true to get the relevance map as the label, "
-    "refine=true/false to snap boxes to the lesion with one decoder pass (default per backend: qformer_lite yes). "
+    "refine=true to snap boxes to the lesion with one decoder pass (off by default). "
     "Boxes are [x0,y0,x1,y1] in pixel columns/rows; roi gives the Slicer order."
 )
 
