@@ -162,25 +162,25 @@ class SegmentPredictor:
             coords = torch.as_tensor(self._transform.apply_coords(points, shape), device=self.device)[None]
             lab = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
             pts = (coords, lab)
+        low_res, iou = self._run_decoder(enc, pts, box_t, multimask)
+        return self.postprocess(low_res, enc), iou[0].float().cpu().numpy()
+
+    def _run_decoder(self, enc: Encoded, points, boxes: torch.Tensor | None, multimask: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt encoder + mask decoder on the cached embedding: low-res logits ``(N, K, 256, 256)`` and IoUs."""
         with self._lock, torch.inference_mode():
-            sparse, dense = self.backbone.prompt_encoder(points=pts, boxes=box_t, masks=None)
-            low_res, iou = self.backbone.mask_decoder(
+            sparse, dense = self.backbone.prompt_encoder(points=points, boxes=boxes, masks=None)
+            return self.backbone.mask_decoder(
                 image_embeddings=enc.embedding, image_pe=self.backbone.prompt_encoder.get_dense_pe(),
                 sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
             )
-        return self.postprocess(low_res, enc), iou[0].float().cpu().numpy()
 
     def decode_boxes(self, enc: Encoded, boxes: np.ndarray, multimask: bool = False
                      ) -> tuple[torch.Tensor, np.ndarray]:
         """Many box prompts in one decoder pass: logits ``(N, K, rows, cols)`` and predicted IoUs ``(N, K)``."""
         box_t = torch.as_tensor(self._transform.apply_boxes(np.asarray(boxes, np.float32), enc.original_size),
                                 device=self.device)
-        with self._lock, torch.inference_mode():
-            sparse, dense = self.backbone.prompt_encoder(points=None, boxes=box_t, masks=None)
-            low_res, iou = self.backbone.mask_decoder(
-                image_embeddings=enc.embedding, image_pe=self.backbone.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
-            )
+        low_res, iou = self._run_decoder(enc, None, box_t, multimask)
         n, k = low_res.shape[:2]
         logits = self.postprocess(low_res.reshape(1, n * k, *low_res.shape[2:]), enc)
         return logits.reshape(n, k, *enc.original_size), iou.float().cpu().numpy()
