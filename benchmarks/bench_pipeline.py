@@ -255,8 +255,8 @@ def main() -> None:
         if diag is not None:
             diag_rows.append((rows, pathology(items[0][0])))
 
-    print(f'Phrase "{args.text}"; radvlsm pipeline defaults (qformer_lite proposals, its own boxes, '
-          "top-3, relative score 0.85, aggregation defaults); label > 0 vs ground truth.\n")
+    print(f'Phrase "{args.text}"; radvlsm pipeline defaults (qformer_lite proposals, its own boxes, top-3, '
+          "aggregation and lesion selection defaults of radvlsm.aggregation); label > 0 vs ground truth.\n")
     print("| dataset | images | Dice mean | Dice median | IoU mean | top-1 box Dice mean | fused - top-1 (pt) "
           "| images fused < top-1 - 0.5 pt | no lesion | pipeline ms cached (median) | new image ms (median, n) "
           "| repeated ms (median) | diagnosis in latency | targets |")

@@ -1,19 +1,26 @@
-"""Compare aggregation rules on TRAINING images (BUS-BRA folds 1-4, Kvasir train), never on the report sets.
+"""Tune the aggregation rule on TRAINING images (BUS-BRA folds 1-4, Kvasir train), never on the report sets.
 
-    python scripts/tune_aggregation.py --n 30
+    python scripts/tune_aggregation.py collect --n 150 --sets busbra-train kvasir-train   # slow: encodes, decodes
+    python scripts/tune_aggregation.py rules                                              # fast: rules from the packs
 
-Prints mean Dice per rule: the single top-1 proposal box, and fusion variants of radvlsm.aggregation.
+``collect`` stores, per image, everything a rule needs on the decoder's low-resolution grid (cropped to the
+image): the reference mask, the qformer_lite relevance map, every candidate (top 3, as the pipeline) with its
+score/relevance, and the mask logits and predicted IoUs of each candidate's prompt set (the box, its scaled and
+shifted variants, SAM's three multimask outputs). ``rules`` replays :func:`radvlsm.aggregation.fuse_prompts` and
+the lesion selection of :func:`radvlsm.aggregation.select_lesions` under several settings and prints mean Dice
+against the single top-1 box. Packs are resumable (one file per image under ``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -21,64 +28,118 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.datasets import load  # noqa: E402
 from radvlsm import aggregation as agg  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
-from radvlsm.models import build_backbone  # noqa: E402
-from radvlsm.predictor import SegmentPredictor  # noqa: E402
-from radvlsm.proposals import build_proposer  # noqa: E402
-from radvlsm.proposals.refine import refine_candidates  # noqa: E402
+
+TOP_K = 3  # the pipeline's default top_k
+PACKS = Path("~/.cache/radvlsm/aggregation_packs").expanduser()
 
 
-def dice(a, b) -> float:
+def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=30)
-    ap.add_argument("--sets", nargs="+", default=["busbra-train", "kvasir-train"])
-    args = ap.parse_args()
+def collect(args) -> None:
+    from radvlsm.models import build_backbone
+    from radvlsm.predictor import SegmentPredictor
+    from radvlsm.proposals import build_proposer
+
     predictor = SegmentPredictor(build_backbone("litemedsam"), disk_cache="~/.cache/radvlsm/embeddings")
     proposer = build_proposer("qformer_lite", predictor=predictor)
-    rules = {
-        "vote (default)": agg.AggregationConfig(),
-        "vote, no variants": agg.AggregationConfig(scales=(), shift=0.0),
-        "vote, no multimask": agg.AggregationConfig(multimask=False),
-        "vote, wider jitter": agg.AggregationConfig(scales=(0.85, 1.15), shift=0.08),
-    }
+    cfg = agg.AggregationConfig()
     for name in args.sets:
         items = load(name)
-        items = random.Random(1).sample(items, args.n)
-        scores: dict[str, list[float]] = {"top-1 box": [], "top-1 coarse box": [], **{r: [] for r in rules}}
-        for img_path, mask_path, _ in items:
+        items = random.Random(1).sample(items, min(args.n, len(items)))
+        out = args.out / name
+        out.mkdir(parents=True, exist_ok=True)
+        for i, (img_path, mask_path, case) in enumerate(items):
+            dst = out / f"{case}.pt"
+            if dst.exists():
+                continue
             image = load_image(img_path)
-            gt = load_mask(mask_path, image.shape) > 0
             enc = predictor.encode(image)
-            prop = proposer.propose(image, "lesion", encoded=enc)
-            if not prop.candidates:
+            prop = proposer.propose(image, "lesion", top_k=TOP_K, encoded=enc)
+            gt = load_mask(mask_path, image.shape) > 0
+            grid = predictor.lowres_valid(enc, 256)
+            rec = {"case": case, "gt": agg.to_grid(torch.from_numpy(gt.astype(np.float32)), grid) > 0.5,
+                   "heat": agg.to_grid(torch.from_numpy(prop.heatmap), grid).half()
+                   if prop.heatmap is not None else None,
+                   "match": prop.match_score, "candidates": []}
+            for c in prop.candidates:
+                ps = agg.decode_prompt_set(predictor, enc, np.array(c.box, np.float32), cfg)
+                rec["candidates"].append({"box": c.box, "score": c.score, "extra": c.extra,
+                                          "logits": ps.logits.half(), "ious": ps.ious, "kinds": ps.kinds})
+            tmp = dst.with_suffix(".tmp")
+            torch.save(rec, tmp)
+            tmp.rename(dst)
+            if (i + 1) % 10 == 0:
+                print(f"  {name} {i + 1}/{len(items)}", file=sys.stderr, flush=True)
+
+
+def replay(rec: dict, cfg: agg.AggregationConfig, sel: agg.SelectionConfig) -> np.ndarray:
+    """The library's fusion + selection on a pack; returns the predicted foreground on the low-res grid."""
+    gt = rec["gt"]
+    lesions = []
+    heat = rec["heat"].float() if rec["heat"] is not None else None
+    clusters = agg.cluster_candidates([agg.Candidate(c["box"], c["score"], "qformer_lite", c["extra"])
+                                       for c in rec["candidates"][:TOP_K]], cfg.cluster_iou)
+    by_box = {tuple(c["box"]): c for c in rec["candidates"]}
+    for cl in clusters:
+        members = [by_box[tuple(c.box)] for c in cl]
+        ps = agg.PromptSet.concat([agg.PromptSet(m["logits"].float(), m["ious"], m["kinds"]) for m in members],
+                                  [m["score"] for m in members], cfg)
+        lesions.append(agg.fuse_prompts(ps, heat, cl, cfg))
+    kept = agg.select_lesions(lesions, sel)
+    pred = np.zeros(gt.shape, bool)
+    for lesion in kept:
+        pred |= (lesion.logit > 0).numpy()
+    return pred
+
+
+def rules(args) -> None:
+    base, sel0 = agg.AggregationConfig(), agg.SelectionConfig()
+    variants = {
+        "default": (base, sel0),
+        "one lesion": (base, replace(sel0, max_lesions=1)),
+        "no heat term": (replace(base, heat_weight=False), sel0),
+        "best prompt only": (replace(base, best_only=True), sel0),
+        "rank by proposal score": (base, replace(sel0, use_quality=False)),
+        "relative 0.7": (base, replace(sel0, relative=0.7)),
+        "relative 0.95": (base, replace(sel0, relative=0.95)),
+        "sharpness 2": (replace(base, sharpness=2.0), sel0),
+        "sharpness 4": (replace(base, sharpness=4.0), sel0),
+        "single-mask outputs only": (replace(base, multimask=False), sel0),
+        "box only, 4 outputs": (replace(base, scales=(), shift=0.0), sel0),
+        "box only, m0": (replace(base, scales=(), shift=0.0, multimask=False), sel0),
+    }
+    for name in args.sets:
+        packs = sorted((args.out / name).glob("*.pt"))
+        if not packs:
+            continue
+        scores: dict[str, list[float]] = {"top-1 box": [], **{k: [] for k in variants}}
+        for p in packs:
+            rec = torch.load(p, weights_only=False)
+            gt = rec["gt"].numpy()
+            if not rec["candidates"]:
                 for v in scores.values():
                     v.append(0.0)
                 continue
-            coarse = np.array(prop.candidates[0].box, np.float32)
-            scores["top-1 coarse box"].append(dice(predictor.decode(enc, coarse)[0][0], gt))
-            best = max(c.score for c in prop.candidates)
-            kept = [copy.deepcopy(c) for c in prop.candidates if c.score >= 0.85 * best]
-            for rule, cfg in rules.items():
-                lesions = agg.aggregate(predictor, enc, copy.deepcopy(kept), cfg)
-                pred = np.zeros(image.shape, bool)
-                for lesion in lesions:
-                    pred |= lesion.mask
-                scores.setdefault(f"coarse {rule}", []).append(dice(pred, gt))
-            cands = refine_candidates(predictor, enc, prop.candidates)
-            scores["top-1 box"].append(dice(predictor.decode(enc, np.array(cands[0].box, np.float32))[0][0], gt))
-            best = max(c.score for c in cands)
-            cands = [c for c in cands if c.score >= 0.85 * best]
-            for rule, cfg in rules.items():
-                lesions = agg.aggregate(predictor, enc, cands, cfg)
-                pred = np.zeros(image.shape, bool)
-                for lesion in lesions:
-                    pred |= lesion.mask
-                scores[rule].append(dice(pred, gt))
-        print(f"{name} ({args.n} images): " + "; ".join(f"{k} {np.mean(v):.4f}" for k, v in scores.items()),
-              flush=True)
+            top = max(rec["candidates"], key=lambda c: c["score"])
+            scores["top-1 box"].append(dice((top["logits"][0].float() > 0).numpy(), gt))
+            for k, (cfg, sel) in variants.items():
+                scores[k].append(dice(replay(rec, cfg, sel), gt))
+        ref = np.mean(scores["top-1 box"])
+        print(f"{name} ({len(packs)} images, low-res grid):")
+        for k, v in scores.items():
+            print(f"  {k:28s} Dice {np.mean(v):.4f}  ({(np.mean(v) - ref) * 100:+.2f} pt vs top-1)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["collect", "rules"])
+    ap.add_argument("--n", type=int, default=150)
+    ap.add_argument("--sets", nargs="+", default=["busbra-train", "kvasir-train"])
+    ap.add_argument("--out", type=Path, default=PACKS)
+    args = ap.parse_args()
+    collect(args) if args.command == "collect" else rules(args)
 
 
 if __name__ == "__main__":

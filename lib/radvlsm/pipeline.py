@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from radvlsm.aggregation import AggregationConfig, FusedLesion, aggregate
+from radvlsm.aggregation import AggregationConfig, FusedLesion, SelectionConfig, aggregate
 from radvlsm.geometry import Prompts, box_to_slicer_roi
 from radvlsm.io import Image2D
 from radvlsm.predictor import SegmentPredictor
@@ -27,9 +27,12 @@ class PipelineOptions:
     top_k: int = 3
     diagnose: bool = True
     max_lesions: int = 3
-    #: a further lesion is kept only if its proposal score is at least this share of the best one's
+    #: a further lesion is kept only if its reliability is at least this share of the best one's
     relative_score: float = 0.85
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+
+    def selection(self) -> SelectionConfig:
+        return SelectionConfig(max_lesions=self.max_lesions, relative=self.relative_score)
 
 
 @dataclass
@@ -63,12 +66,12 @@ class RadVLSMPipeline:
             # The proposers' own (coarse) boxes, not the snapped ones: LiteMedSAM was trained on loose boxes, and
             # on training images (scripts/tune_aggregation.py) snapped boxes lowered the mask Dice by ~3 points.
             candidates = proposal.candidates
-            if candidates:
-                best = max(c.score for c in candidates)
-                candidates = [c for c in candidates if c.score >= opts.relative_score * best]
         times["propose"] = (time.perf_counter() - t1) * 1e3
         t2 = time.perf_counter()
-        lesions = aggregate(self.predictor, enc, candidates, opts.aggregation, opts.max_lesions)
+        # The user's boxes are all kept; proposals are ranked and filtered by reliability.
+        sel = SelectionConfig(max_lesions=len(candidates), relative=0.0) if user_boxes else opts.selection()
+        lesions = aggregate(self.predictor, enc, candidates, opts.aggregation, sel,
+                            None if user_boxes else proposal.heatmap)
         if prompts is not None and len(prompts.points) and lesions:
             lesions = self._apply_clicks(enc, lesions, prompts)
         times["aggregate"] = (time.perf_counter() - t2) * 1e3
@@ -119,7 +122,8 @@ class RadVLSMPipeline:
         ys, xs = np.nonzero(lesion.mask)
         box = [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
         out = {"label": i + 1, "box": box, "roi": box_to_slicer_roi(box), "area_px": int(lesion.mask.sum()),
-               "proposal_score": round(lesion.score, 4), "agreement": round(lesion.agreement, 4),
+               "proposal_score": round(lesion.score, 4), "reliability": round(lesion.reliability, 4),
+               "agreement": round(lesion.agreement, 4),
                "uncertainty": round(lesion.uncertainty, 4), "n_prompts": len(lesion.prompts),
                "prompts": lesion.prompts}
         if diagnosis is not None:

@@ -20,6 +20,7 @@ from radvlsm.cache import EmbeddingCache
 from radvlsm.geometry import Prompts, ResizeLongestSide
 from radvlsm.io import Image2D
 from radvlsm.models.registry import Backbone
+from radvlsm.runtimes import EncoderRuntime, build_runtime
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Encoded:
     input_size: tuple[int, int]  # resized (rows, cols) before padding
     cache_hit: bool = False
     encode_ms: float = 0.0
+    runtime: str = "eager"  # the encoder runtime that computed the embedding
 
 
 @dataclass
@@ -93,31 +95,43 @@ def assign_points_to_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 class SegmentPredictor:
     """Box/point prompted segmentation over a cached embedding."""
 
-    def __init__(self, backbone: Backbone, cache: EmbeddingCache | None = None, disk_cache: str | None = None):
+    def __init__(self, backbone: Backbone, cache: EmbeddingCache | None = None, disk_cache: str | None = None,
+                 runtime: str | EncoderRuntime = "eager", runtime_dir: str | None = None):
         self.backbone = backbone
+        # How the image encoder runs (radvlsm.runtimes): "eager", "onnx", "onnx_int8", "auto", ...
+        self.runtime = build_runtime(runtime, backbone, runtime_dir) if isinstance(runtime, str) else runtime
         self.cache = cache if cache is not None else EmbeddingCache()
         # Optional persistent store (benchmarks and training reuse embeddings across runs); same key as memory.
         self.disk_cache = Path(disk_cache).expanduser() if disk_cache else None
         self._transform = ResizeLongestSide(backbone.img_size)
         self._lock = threading.Lock()  # torch modules are shared; serialise forward passes
+        # Live decoder updates (radvlsm.training.DecoderWatcher): checked before every decode, one stat() call.
+        self.decoder_watcher = None
 
     @property
     def device(self) -> torch.device:
         return self.backbone.device
 
-    def cache_key(self, image: Image2D) -> tuple[str, str, str]:
-        return image.digest, self.backbone.name, self.backbone.version
+    @property
+    def decoder_version(self) -> str:
+        """The prompt encoder + mask decoder version in use (``shipped`` = the backbone's own weights)."""
+        return self.decoder_watcher.version if self.decoder_watcher is not None else "shipped"
+
+    def cache_key(self, image: Image2D) -> tuple[str, str, str, str]:
+        return image.digest, self.backbone.name, self.backbone.version, self.runtime.name
 
     def _disk_path(self, image: Image2D) -> Path | None:
         if self.disk_cache is None:
             return None
-        return self.disk_cache / f"{self.backbone.name}-{self.backbone.version}" / f"{image.digest}.pt"
+        suffix = "" if self.runtime.name == "eager" else f"-{self.runtime.name}"
+        return self.disk_cache / f"{self.backbone.name}-{self.backbone.version}{suffix}" / f"{image.digest}.pt"
 
     def _encode_now(self, image: Image2D) -> Encoded:
         path = self._disk_path(image)
         if path is not None and path.exists():
             d = torch.load(path, map_location=self.device, weights_only=True)
-            return Encoded(d["embedding"].float(), tuple(d["original_size"]), tuple(d["input_size"]), encode_ms=0.0)
+            return Encoded(d["embedding"].float(), tuple(d["original_size"]), tuple(d["input_size"]), encode_ms=0.0,
+                           runtime=self.runtime.name)
         enc = self._encode_compute(image)
         self.persist(image, enc)
         return enc
@@ -137,13 +151,14 @@ class SegmentPredictor:
         start = time.perf_counter()
         x, input_size = preprocess(self.backbone, image.rgb_uint8())
         with self._lock, torch.inference_mode():
-            emb = self.backbone.image_encoder(x.to(self.device))
-        return Encoded(emb, image.shape, input_size, encode_ms=(time.perf_counter() - start) * 1e3)
+            emb = self.runtime.encode(x).to(self.device)
+        return Encoded(emb, image.shape, input_size, encode_ms=(time.perf_counter() - start) * 1e3,
+                       runtime=self.runtime.name)
 
     def encode(self, image: Image2D) -> Encoded:
         enc, hit = self.cache.get_or_compute(self.cache_key(image), lambda: self._encode_now(image))
         return Encoded(enc.embedding, enc.original_size, enc.input_size, cache_hit=hit,
-                       encode_ms=0.0 if hit else enc.encode_ms)
+                       encode_ms=0.0 if hit else enc.encode_ms, runtime=enc.runtime)
 
     def decode(self, enc: Encoded, box: np.ndarray | None = None, points: np.ndarray | None = None,
                labels: np.ndarray | None = None, multimask: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -165,15 +180,43 @@ class SegmentPredictor:
         low_res, iou = self._run_decoder(enc, pts, box_t, multimask)
         return self.postprocess(low_res, enc), iou[0].float().cpu().numpy()
 
-    def _run_decoder(self, enc: Encoded, points, boxes: torch.Tensor | None, multimask: bool
+    def _run_decoder(self, enc: Encoded, points, boxes: torch.Tensor | None, multimask: bool | None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompt encoder + mask decoder on the cached embedding: low-res logits ``(N, K, 256, 256)`` and IoUs."""
+        """Prompt encoder + mask decoder on the cached embedding: low-res logits ``(N, K, 256, 256)`` and IoUs.
+
+        ``multimask``: False -> SAM's single mask (K=1), True -> its three multimask outputs (K=3), None -> all
+        four (K=4: the decoder computes them all anyway, so extra candidates cost nothing).
+        """
+        if self.decoder_watcher is not None:
+            self.decoder_watcher.refresh()
         with self._lock, torch.inference_mode():
             sparse, dense = self.backbone.prompt_encoder(points=points, boxes=boxes, masks=None)
-            return self.backbone.mask_decoder(
-                image_embeddings=enc.embedding, image_pe=self.backbone.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask,
-            )
+            kwargs = dict(image_embeddings=enc.embedding, image_pe=self.backbone.prompt_encoder.get_dense_pe(),
+                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+            if multimask is None:
+                return self.backbone.mask_decoder.predict_masks(**kwargs)
+            return self.backbone.mask_decoder(**kwargs, multimask_output=multimask)
+
+    def decode_boxes_lowres(self, enc: Encoded, boxes: np.ndarray, multimask: bool | None = None
+                            ) -> tuple[torch.Tensor, np.ndarray]:
+        """Many box prompts in one decoder pass, logits left on the decoder's grid: ``(N, K, g, g)`` and IoUs
+        (``multimask`` as in ``_run_decoder``; default all four masks per box).
+
+        Work that combines many masks (aggregation) is done on this grid and upsampled once (``lowres_to_image``).
+        """
+        box_t = torch.as_tensor(self._transform.apply_boxes(np.asarray(boxes, np.float32), enc.original_size),
+                                device=self.device)
+        low_res, iou = self._run_decoder(enc, None, box_t, multimask)
+        return low_res.float().cpu(), iou.float().cpu().numpy()
+
+    def lowres_valid(self, enc: Encoded, grid: int) -> tuple[int, int]:
+        """Rows and columns of a ``grid x grid`` decoder map that cover the image (the rest is padding)."""
+        scale = grid / self.backbone.img_size
+        return max(1, round(enc.input_size[0] * scale)), max(1, round(enc.input_size[1] * scale))
+
+    def lowres_to_image(self, maps: torch.Tensor, enc: Encoded) -> torch.Tensor:
+        """Cropped decoder-grid maps ``(K, h, w)`` -> ``(K, rows, cols)`` on the original grid (bilinear)."""
+        return F.interpolate(maps[None].float(), enc.original_size, mode="bilinear", align_corners=False)[0]
 
     def decode_boxes(self, enc: Encoded, boxes: np.ndarray, multimask: bool = False
                      ) -> tuple[torch.Tensor, np.ndarray]:
