@@ -1,0 +1,10 @@
+"""Learning from clinicians' corrections: fine-tune SAM's prompt encoder + mask decoder on frozen-encoder
+embeddings, validate on a held-back split, publish atomically only if not worse, and serve it live."""
+
+from radvlsm.training.data import TrainSample, split
+from radvlsm.training.loop import TrainConfig
+from radvlsm.training.store import SHIPPED, DecoderStore, DecoderWatcher, TrainingBusy
+from radvlsm.training.trainer import RunResult, fine_tune
+
+__all__ = ["SHIPPED", "DecoderStore", "DecoderWatcher", "RunResult", "TrainConfig", "TrainSample",
+           "TrainingBusy", "fine_tune", "split"]

@@ -1,0 +1,124 @@
+"""Training data: (image, corrected mask) pairs, the held-back split rule, and cached frozen-encoder embeddings.
+
+Split rule (stable as labels accumulate, so an image never moves between train and validation as more are
+saved): an image is held back for validation when ``sha1(image_id) mod 5 == 0`` (~20 %). If that leaves no
+validation image and there are at least two, the image with the smallest hash is held back, so every run is
+validated on at least one image. Fewer than two labelled images cannot be trained (nothing to validate on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from radvlsm.geometry import ResizeLongestSide, mask_to_box
+from radvlsm.io import load_image, load_mask
+
+logger = logging.getLogger(__name__)
+HOLD_OUT_MODULUS = 5
+#: connected components smaller than this many pixels are not prompted as lesions of their own
+MIN_COMPONENT_PX = 16
+PATHOLOGIES = ("benign", "malignant")
+
+
+@dataclass
+class TrainSample:
+    """One corrected label; ``pathology`` (benign/malignant) travels in the label's info JSON when given."""
+
+    image_id: str
+    image_path: str | Path
+    mask_path: str | Path
+    pathology: str | None = None
+
+
+@dataclass
+class Item:
+    """A sample ready for the decoder: the frozen embedding and the masks in the model's padded frame."""
+
+    image_id: str
+    embedding: torch.Tensor  # (1, C, h, w) fp16, CPU
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    mask: np.ndarray  # (rows, cols) bool, the whole corrected label
+    lesions: list[tuple[np.ndarray, np.ndarray]]  # per lesion: tight box in the model frame, mask (rows, cols)
+    pathology: str | None = None
+
+
+def id_hash(image_id: str) -> int:
+    return int(hashlib.sha1(image_id.encode()).hexdigest()[:12], 16)
+
+
+def split(ids: list[str]) -> tuple[list[str], list[str]]:
+    """``(train, validation)`` ids by the documented hash rule (see the module docstring)."""
+    ids = sorted(set(ids))
+    if len(ids) < 2:
+        raise ValueError(f"need at least 2 labelled images to train and validate, have {len(ids)}")
+    val = [i for i in ids if id_hash(i) % HOLD_OUT_MODULUS == 0]
+    if not val or len(val) == len(ids):
+        val = [min(ids, key=id_hash)]
+    return [i for i in ids if i not in val], val
+
+
+def lesion_components(mask: np.ndarray) -> list[np.ndarray]:
+    """Each connected lesion of a label (8-connected, at least ``MIN_COMPONENT_PX``), largest first."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask > 0, structure=np.ones((3, 3)))
+    comps = [labels == i for i in range(1, n + 1)]
+    comps = [c for c in comps if c.sum() >= MIN_COMPONENT_PX] or ([mask > 0] if mask.any() else [])
+    return sorted(comps, key=lambda c: -int(c.sum()))
+
+
+def prepare(samples: list[TrainSample], predictor, max_lesions: int = 3) -> list[Item]:
+    """Load each pair, encode the image with the frozen encoder (memory/disk cached), skip empty masks."""
+    transform = ResizeLongestSide(predictor.backbone.img_size)
+    items = []
+    for s in samples:
+        image = load_image(s.image_path)
+        mask = load_mask(s.mask_path, image.shape) > 0
+        comps = lesion_components(mask)[:max_lesions]
+        if not comps:
+            logger.warning(f"training: {s.image_id} has an empty label; skipped")
+            continue
+        enc = predictor.encode(image)
+        lesions = [(transform.apply_boxes(np.array(mask_to_box(c), np.float32), image.shape)[0], c) for c in comps]
+        items.append(Item(s.image_id, enc.embedding.detach().to("cpu", torch.float16), enc.original_size,
+                          enc.input_size, mask, lesions, s.pathology))
+    return items
+
+
+def model_frame_target(mask: np.ndarray, input_size: tuple[int, int], img_size: int) -> torch.Tensor:
+    """A label resized to the model's input (longest side ``img_size``), zero padded: ``(img_size, img_size)``."""
+    m = torch.from_numpy(mask.astype(np.float32))[None, None]
+    m = F.interpolate(m, size=input_size, mode="bilinear", align_corners=False) > 0.5
+    return F.pad(m.float(), (0, img_size - input_size[1], 0, img_size - input_size[0]))[0, 0]
+
+
+def jitter_box(box: np.ndarray, input_size: tuple[int, int], max_shift: float, rng: np.random.Generator
+               ) -> np.ndarray:
+    """MedSAM's box augmentation: each side moves outward by a random 0..``max_shift`` pixels (model frame)."""
+    x0, y0, x1, y1 = box
+    s = rng.uniform(0, max_shift, 4)
+    h, w = input_size
+    return np.array([max(0, x0 - s[0]), max(0, y0 - s[1]), min(w - 1, x1 + s[2]), min(h - 1, y1 + s[3])],
+                    np.float32)
+
+
+def error_click(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """A simulated corrective click: the innermost pixel of the larger error region (missed lesion -> positive,
+    false lesion -> negative), as an annotator clicks the middle of what is wrong. ``(x, y), label`` or None."""
+    from scipy import ndimage
+
+    fn, fp = target & ~pred, pred & ~target
+    region, label = (fn, 1) if fn.sum() >= fp.sum() else (fp, 0)
+    if region.sum() < 4:
+        return None
+    dist = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return np.array([x, y], np.float32), label

@@ -1,0 +1,53 @@
+"""Training samples from a MONAI Label datastore (any object with its ``Datastore`` methods), and where trained
+checkpoints live.
+
+How a diagnosis label travels: with the corrected mask, as the label's info JSON, e.g.
+``PUT /datastore/label?image=ID&tag=final`` with form field ``params={"pathology": "malignant"}``; any other value
+(or none) means "not given". The trainer counts them; fine-tuning the diagnosis head on them is not done yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from radvlsm.training.data import PATHOLOGIES, TrainSample
+from radvlsm.training.store import DecoderStore
+
+logger = logging.getLogger(__name__)
+FINAL = "final"
+
+
+def pathology_of(info: dict | None) -> str | None:
+    value = (info or {}).get("pathology")
+    return value.lower() if isinstance(value, str) and value.lower() in PATHOLOGIES else None
+
+
+def samples_from_datastore(datastore, limit: int | None = None) -> list[TrainSample]:
+    """Every image with a final (clinician-corrected) label, with its pathology when the label carries one."""
+    out = []
+    for image_id in sorted(datastore.get_labeled_images(label_tag=FINAL)):
+        label_uri = datastore.get_label_uri(image_id, FINAL)
+        image_uri = datastore.get_image_uri(image_id)
+        if not label_uri or not image_uri:
+            continue
+        try:
+            info = datastore.get_label_info(image_id, FINAL)
+        except Exception:  # label info is optional
+            info = {}
+        out.append(TrainSample(image_id, image_uri, label_uri, pathology_of(info)))
+    return out[:limit] if limit else out
+
+
+def default_trained_dir(studies: str, app_dir: str) -> str:
+    """Checkpoints learned from a dataset's corrections live with it (``<studies>/.radvlsm/trained``); a remote
+    datastore (a URL) falls back to ``<app_dir>/model/trained``."""
+    if studies and os.path.isdir(studies):
+        return os.path.join(studies, ".radvlsm", "trained")
+    return os.path.join(app_dir, "model", "trained")
+
+
+def decoder_store(trained_dir: str | Path, backbone: str) -> DecoderStore:
+    """One store per backbone: ``<trained_dir>/<backbone>/sam_decoder``."""
+    return DecoderStore(Path(trained_dir) / backbone / "sam_decoder")

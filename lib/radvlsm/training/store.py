@@ -1,0 +1,222 @@
+"""Versioned, atomically published mask-decoder checkpoints, and live pickup by a running predictor.
+
+Layout under ``root`` (one folder per trained part, e.g. ``<trained_dir>/sam_decoder``)::
+
+    v0001.pt  v0001.json   # weights (prompt encoder + mask decoder state) and their metadata
+    v0002.pt  v0002.json
+    current                # the served version's name ("shipped" = the bundled weights); replaced atomically
+    train_stats.json       # the last run's progress and outcome (what MONAI Label's /train stats show)
+    .lock                  # held by the one training run allowed at a time
+
+Every file is written to a temp file in the same folder and ``os.replace``-d into place, so a reader sees the
+old file or the new one, never half of one. A run that dies before publishing leaves ``current`` untouched; old
+versions are never deleted, so ``restore(version)`` brings any of them (or ``shipped``) back.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+SHIPPED = "shipped"
+_VERSION = re.compile(r"^v(\d{4,})$")
+#: the backbone parts a decoder checkpoint holds (the image encoder stays frozen, so embeddings stay valid)
+PARTS = ("prompt_encoder", "mask_decoder")
+
+
+class TrainingBusy(RuntimeError):
+    """Another training run holds the store's lock."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+class DecoderStore:
+    """The versioned checkpoints of one backbone's prompt encoder + mask decoder."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+
+    @property
+    def pointer(self) -> Path:
+        return self.root / "current"
+
+    @property
+    def stats_path(self) -> Path:
+        return self.root / "train_stats.json"
+
+    def versions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        names = [p.stem for p in self.root.glob("v*.pt") if _VERSION.match(p.stem)]
+        return sorted(names, key=lambda n: int(n[1:]))
+
+    def current(self) -> str:
+        """The served version's name, ``shipped`` when nothing was published (or the pointer is unreadable)."""
+        try:
+            name = self.pointer.read_text().strip()
+        except OSError:
+            return SHIPPED
+        return name if name == SHIPPED or (self.root / f"{name}.pt").is_file() else SHIPPED
+
+    def pointer_stamp(self) -> tuple[int, int] | None:
+        """``(mtime_ns, inode)`` of the pointer: a cheap change test for every decode."""
+        try:
+            st = self.pointer.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_ino
+
+    def metadata(self, version: str) -> dict[str, Any]:
+        try:
+            return json.loads((self.root / f"{version}.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def load(self, version: str) -> dict[str, Any]:
+        """``{"state": {part.key: tensor}, "backbone": ..., "backbone_version": ...}`` of a published version."""
+        return torch.load(self.root / f"{version}.pt", map_location="cpu", weights_only=True)
+
+    def publish(self, state: dict[str, torch.Tensor], backbone: str, backbone_version: str,
+                meta: dict[str, Any]) -> str:
+        """Write a new version beside the old ones, then point ``current`` at it (both atomic)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with self._file_lock(".publish.lock", blocking=True):
+            existing = self.versions()
+            version = f"v{(int(existing[-1][1:]) + 1 if existing else 1):04d}"
+            payload = {"state": {k: v.detach().cpu() for k, v in state.items()}, "backbone": backbone,
+                       "backbone_version": backbone_version}
+            fd, tmp = tempfile.mkstemp(prefix=f".{version}.", suffix=".pt.tmp", dir=self.root)
+            os.close(fd)
+            try:
+                torch.save(payload, tmp)
+                os.replace(tmp, self.root / f"{version}.pt")
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            atomic_write_json(self.root / f"{version}.json",
+                              {**meta, "version": version, "backbone": backbone,
+                               "backbone_version": backbone_version, "published_at": time.time()})
+            atomic_write_bytes(self.pointer, f"{version}\n".encode())
+        logger.info(f"radvlsm: published decoder {version} in {self.root}")
+        return version
+
+    def restore(self, version: str) -> None:
+        """Serve an earlier version again (or ``shipped``); running servers pick it up on their next decode."""
+        if version != SHIPPED and not (self.root / f"{version}.pt").is_file():
+            raise ValueError(f"no decoder version '{version}' in {self.root}; have {self.versions() + [SHIPPED]}")
+        atomic_write_bytes(self.pointer, f"{version}\n".encode())
+
+    def write_stats(self, stats: dict[str, Any]) -> None:
+        atomic_write_json(self.stats_path, stats)
+
+    def read_stats(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.stats_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @contextmanager
+    def training_lock(self):
+        """Held for a whole run: a second concurrent run fails fast with :class:`TrainingBusy`."""
+        with self._file_lock(".lock", blocking=False):
+            yield
+
+    @contextmanager
+    def _file_lock(self, name: str, blocking: bool):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / name, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError as exc:
+                raise TrainingBusy(f"another training run is in progress ({self.root / name} is locked)") from exc
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def decoder_state(backbone) -> dict[str, torch.Tensor]:
+    """The trainable parts' weights as ``{part.key: tensor}`` (what a checkpoint holds)."""
+    return {f"{part}.{k}": v.detach().clone().cpu() for part in PARTS
+            for k, v in getattr(backbone, part).state_dict().items()}
+
+
+class DecoderWatcher:
+    """Keeps a predictor's prompt encoder + mask decoder on the store's ``current`` version.
+
+    ``refresh`` costs one ``stat`` when nothing changed; when the pointer changed it loads the version (or the
+    shipped weights, kept in memory at start) under the predictor's lock, so no decode sees half-loaded weights.
+    A checkpoint that cannot be loaded or was trained on another backbone is logged and the served weights stay.
+    """
+
+    def __init__(self, store: DecoderStore, backbone, lock: threading.Lock):
+        self.store = store
+        self.backbone = backbone
+        self.lock = lock
+        self.shipped = decoder_state(backbone)
+        self.version = SHIPPED
+        self.loaded_at: float | None = None
+        self._stamp: tuple[int, int] | None = None
+        self._check = threading.Lock()
+
+    def refresh(self) -> str:
+        stamp = self.store.pointer_stamp()
+        if stamp == self._stamp:
+            return self.version
+        with self._check:
+            if stamp == self._stamp:
+                return self.version
+            version = self.store.current()
+            if version != self.version:
+                self._load(version)
+            self._stamp = stamp
+        return self.version
+
+    def _load(self, version: str) -> None:
+        if version == SHIPPED:
+            state = self.shipped
+        else:
+            try:
+                ckpt = self.store.load(version)
+            except Exception as exc:  # a corrupt file must not take the served model down
+                logger.error(f"radvlsm: decoder {version} could not be loaded ({exc}); keeping {self.version}")
+                return
+            if ckpt.get("backbone_version") != self.backbone.version:
+                logger.error(f"radvlsm: decoder {version} was trained on backbone {ckpt.get('backbone_version')}, "
+                             f"this one is {self.backbone.version}; keeping {self.version}")
+                return
+            state = ckpt["state"]
+        with self.lock:
+            for part in PARTS:
+                sub = {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
+                getattr(self.backbone, part).load_state_dict(sub, strict=True)
+        self.version, self.loaded_at = version, time.time()
+        logger.info(f"radvlsm: now serving decoder {version} from {self.store.root}")

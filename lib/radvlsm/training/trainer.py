@@ -1,0 +1,142 @@
+"""One fine-tuning run, start to finish: split, embed, validate the served decoder, train, validate, publish
+only if not worse. Usable without the server (benchmarks, scripts) and by the ``radvlsm`` train task.
+
+The run starts from the version being served (continual learning from each round of corrections). Nothing is
+written to the served pointer unless the new decoder's mean validation Dice is at least the served one's minus
+``tolerance``; an exception or a kill before that leaves the served model as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch.distributed as dist
+
+from radvlsm.training.data import TrainSample, prepare, split
+from radvlsm.training.loop import EpochLog, TrainConfig, build_model, evaluate, train
+from radvlsm.training.store import SHIPPED, DecoderStore, decoder_state
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    published: bool
+    version: str  # the version served after the run (the new one if published)
+    base_version: str
+    dice_before: float
+    dice_after: float
+    train_ids: list[str]
+    val_ids: list[str]
+    epochs: list[EpochLog] = field(default_factory=list)
+    seconds: float = 0.0
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["epochs"] = [asdict(e) for e in self.epochs]
+        return out
+
+
+def base_state(predictor, store: DecoderStore) -> tuple[str, dict]:
+    """The served version's name and weights: the published checkpoint, or the shipped weights."""
+    version = store.current()
+    if version != SHIPPED:
+        return version, store.load(version)["state"]
+    watcher = getattr(predictor, "decoder_watcher", None)
+    return SHIPPED, (watcher.shipped if watcher is not None else decoder_state(predictor.backbone))
+
+
+class StatsWriter:
+    """Progress in ``train_stats.json`` (atomic writes): what ``/info`` and ``/train`` stats report."""
+
+    def __init__(self, store: DecoderStore, enabled: bool):
+        self.store, self.enabled = store, enabled
+        self.stats: dict[str, Any] = {}
+
+    def update(self, **kw: Any) -> None:
+        self.stats.update(kw, updated_at=time.time())
+        if self.enabled:
+            self.store.write_stats(self.stats)
+
+
+def fine_tune(predictor, samples: list[TrainSample], store: DecoderStore, cfg: TrainConfig | None = None,
+              progress: Callable[[EpochLog], None] | None = None, should_stop: Callable[[], bool] | None = None
+              ) -> RunResult:
+    """Train on ``samples`` (corrected labels) and publish into ``store`` if validation is not worse.
+
+    Under ``torch.distributed`` every rank calls this with the same samples; rank 0 validates, publishes and
+    writes stats, the others only train their shard."""
+    cfg = cfg or TrainConfig()
+    distributed = dist.is_available() and dist.is_initialized()
+    # one run at a time; under torch.distributed the launching process holds the lock for its ranks
+    with nullcontext() if distributed else store.training_lock():
+        return _run(predictor, samples, store, cfg, dist.get_rank() if distributed else 0, progress, should_stop)
+
+
+def _run(predictor, samples: list[TrainSample], store: DecoderStore, cfg: TrainConfig, rank: int,
+         progress: Callable[[EpochLog], None] | None, should_stop: Callable[[], bool] | None) -> RunResult:
+    started = time.time()
+    stats = StatsWriter(store, rank == 0)
+    train_ids, val_ids = split([s.image_id for s in samples])
+    base_version, state = base_state(predictor, store)
+    stats.stats = {}
+    stats.update(status="running", pid=os.getpid(), started_at=started, base_version=base_version,
+                 config=asdict(cfg), train_images=len(train_ids), val_images=len(val_ids), epoch=0,
+                 total_epochs=cfg.epochs, with_pathology=sum(s.pathology is not None for s in samples))
+    try:
+        by_id = {s.image_id: s for s in samples}
+        logger.info(f"training: {len(train_ids)} training / {len(val_ids)} validation images; base {base_version}")
+        train_items = prepare([by_id[i] for i in train_ids], predictor, cfg.max_lesions)
+        val_items = prepare([by_id[i] for i in val_ids], predictor, cfg.max_lesions) if rank == 0 else []
+        if not train_items:
+            raise ValueError("no training image has a non-empty label")
+        img_size = predictor.backbone.img_size
+        model = build_model(predictor.backbone, state, cfg)
+        before = float(np.mean(evaluate(model, val_items, img_size))) if val_items else float("nan")
+        stats.update(dice_before=before)
+
+        def on_epoch(log: EpochLog) -> None:
+            stats.update(epoch=log.epoch, loss=log.loss, losses=[*stats.stats.get("losses", []), log.loss])
+            if progress is not None:
+                progress(log)
+
+        outcome = train(model, train_items, img_size, cfg, on_epoch, should_stop)
+        result = RunResult(False, base_version, base_version, before, float("nan"), train_ids, val_ids,
+                           outcome.logs)
+        if rank == 0:
+            result.dice_after = float(np.mean(evaluate(model, val_items, img_size))) if val_items else float("nan")
+            result = _gate_and_publish(result, model, predictor, store, cfg, len(train_items))
+        result.seconds = round(time.time() - started, 2)
+        stats.update(status="done", finished_at=time.time(), **result.to_json())
+        logger.info(f"training: {result.reason} ({result.seconds:.1f} s)")
+        return result
+    except BaseException as exc:  # interrupted or failed: the served pointer was never touched
+        stats.update(status="stopped" if isinstance(exc, KeyboardInterrupt) else "failed",
+                     error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
+        raise
+
+
+def _gate_and_publish(result: RunResult, model, predictor, store: DecoderStore, cfg: TrainConfig,
+                      n_train: int) -> RunResult:
+    gain = result.dice_after - result.dice_before
+    if not result.dice_after >= result.dice_before - cfg.tolerance:  # also refuses NaN
+        result.reason = (f"not published: validation Dice {result.dice_after:.4f} < served "
+                         f"{result.dice_before:.4f} - tolerance {cfg.tolerance}")
+        return result
+    state = {k: v for k, v in model.state_dict().items()}
+    meta = {"base_version": result.base_version, "dice_before": result.dice_before, "dice_after": result.dice_after,
+            "train_ids": result.train_ids, "val_ids": result.val_ids, "train_images": n_train,
+            "config": asdict(cfg), "losses": [e.loss for e in result.epochs]}
+    result.version = store.publish(state, predictor.backbone.name, predictor.backbone.version, meta)
+    result.published = True
+    result.reason = (f"published {result.version}: validation Dice {result.dice_before:.4f} -> "
+                     f"{result.dice_after:.4f} ({gain * 100:+.2f} pt)")
+    return result

@@ -1,0 +1,94 @@
+"""Per-image uncertainty for active learning, from one run of the text pipeline, and the ranking strategies.
+
+uncertainty = mean of three disagreements, each in [0, 1]:
+
+* ``1 - agreement``: the top lesion's candidate masks (boxes, variants, multimask outputs) disagree;
+* ``1 - predicted IoU``: SAM's own quality estimate of the top lesion's best box prompt is low;
+* ``1 - match score``: the proposer is unsure the phrase is in the image at all.
+
+An image where the pipeline finds no lesion scores 1.0 (a clinician should look at it). The score is stored in
+the image's datastore info under ``SCORE_KEY`` with the decoder version that produced it, so images scored by
+an older decoder are scored again after training.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+SCORE_KEY = "radvlsm_uncertainty"
+
+
+@dataclass
+class Uncertainty:
+    score: float
+    agreement: float | None
+    predicted_iou: float | None
+    match_score: float
+
+    def to_info(self, decoder_version: str, ts: float) -> dict[str, Any]:
+        return {"score": round(self.score, 5), "agreement": self.agreement, "predicted_iou": self.predicted_iou,
+                "match_score": round(self.match_score, 5), "decoder_version": decoder_version, "ts": ts}
+
+
+def _top_prompt_iou(lesion: dict[str, Any]) -> float | None:
+    ious = [p.get("predicted_iou") for p in lesion.get("prompts", []) if p.get("predicted_iou") is not None]
+    return float(max(ious)) if ious else None
+
+
+def uncertainty_from_result(result: dict[str, Any]) -> Uncertainty:
+    """The score of one pipeline result JSON (``RadVLSMPipeline.run(...).result``)."""
+    match = float(result.get("match_score") or 0.0)
+    lesions = result.get("lesions") or []
+    if not lesions:
+        return Uncertainty(1.0, None, None, match)
+    top = lesions[0]
+    agreement = top.get("agreement")
+    iou = _top_prompt_iou(top)
+    terms = [1 - match]
+    if agreement is not None:
+        terms.append(1 - float(agreement))
+    if iou is not None:
+        terms.append(1 - min(max(iou, 0.0), 1.0))
+    return Uncertainty(float(sum(terms) / len(terms)), agreement, iou, match)
+
+
+def score_image(pipeline, image, text: str = "lesion") -> Uncertainty:
+    """Run the pipeline (no diagnosis) on an image and score it."""
+    from radvlsm.pipeline import PipelineOptions
+
+    return uncertainty_from_result(pipeline.run(image, PipelineOptions(text=text, diagnose=False)).result)
+
+
+def stored_score(info: dict[str, Any]) -> float | None:
+    entry = info.get(SCORE_KEY)
+    return float(entry["score"]) if isinstance(entry, dict) and "score" in entry else None
+
+
+def needs_scoring(info: dict[str, Any], decoder_version: str) -> bool:
+    entry = info.get(SCORE_KEY)
+    return not isinstance(entry, dict) or entry.get("decoder_version") != decoder_version
+
+
+def pick_uncertain(ids: list[str], score_of: Callable[[str], float | None]) -> tuple[str, float | None]:
+    """Highest stored uncertainty first (ties by id); unscored images come after every scored one."""
+    scored = [(s, i) for i in ids if (s := score_of(i)) is not None]
+    if scored:
+        s, i = min(scored, key=lambda t: (-t[0], t[1]))
+        return i, s
+    return sorted(ids)[0], None
+
+
+def pick_first(ids: list[str]) -> str:
+    return sorted(ids)[0]
+
+
+def pick_random(ids: list[str], rng: random.Random | None = None) -> str:
+    return (rng or random).choice(sorted(ids))
+
+
+#: strategy name -> how it picks among unlabelled ids (a registry, used by the app and the benchmark)
+STRATEGIES = {"uncertainty": "highest stored uncertainty first", "random": "uniformly at random",
+              "first": "first id in sorted order"}
