@@ -202,3 +202,15 @@ def test_two_process_gloo_run_lowers_the_loss_and_publishes_once(tmp_path, predi
     assert res["published"] and store.versions() == ["v0001"] and store.current() == "v0001"
     assert json.loads((store.root / "v0001.json").read_text())["train_images"] == 3
     assert copy.deepcopy(res["train_ids"]) == IDS[1:]
+
+
+def test_restore_command(tmp_path, predictor, capsys):
+    from radvlsm.training.__main__ import main
+
+    store = DecoderStore(tmp_path / "store")
+    store.publish(decoder_state(predictor.backbone), "litemedsam", predictor.backbone.version, {"dice_after": 0.9})
+    assert main(["restore", str(store.root), SHIPPED]) == 0 and store.current() == SHIPPED
+    assert main(["list", str(store.root)]) == 0 and "v0001" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["restore", str(store.root), "v0009"])
+    assert exc.value.code == 2 and store.current() == SHIPPED

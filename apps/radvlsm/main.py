@@ -9,9 +9,14 @@ import tempfile
 from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
 
 import lib.configs
+from lib.activelearning import STRATEGY_TASKS
 from radvlsm.errors import CheckpointError, InputError
+from radvlsm.training.datastore import default_trained_dir
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +37,7 @@ class RadVLSMApp(MONAILabelApp):
             raise ValueError(f"unknown models {unknown}; available: {sorted(available)}")
         model_dir = conf.get("model_dir") or os.path.join(os.path.dirname(app_dir.rstrip("/")), "..", "model")
         self.model_dir = os.path.realpath(model_dir)
+        conf.setdefault("trained_dir", default_trained_dir(studies, app_dir))  # decoders learned from corrections
         self.planner = None
         self.task_configs = {}
         for name in names:
@@ -41,6 +47,9 @@ class RadVLSMApp(MONAILabelApp):
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="radvlsm",
                          description="Text-guided lesion segmentation and diagnosis for 2D medical images",
                          version="0.1.0", labels={"lesion": 1})
+        # MONAI Label rescores every image after each train / next-sample request; on CPU that is minutes of
+        # pipeline runs, so it is opt-in here (--conf auto_scoring true); POST /scoring/uncertainty scores on demand.
+        self._auto_update_scoring = conf.get("auto_scoring", "false").lower() == "true"
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
@@ -53,6 +62,18 @@ class RadVLSMApp(MONAILabelApp):
             if hasattr(config, "on_datastore"):
                 config.on_datastore(self._datastore)
         return infers
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        trainers = {name: config.trainer() for name, config in self.task_configs.items()}
+        return {name: task for name, task in trainers.items() if task}
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        return {name: cls() for name, cls in STRATEGY_TASKS.items()}
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        methods = [getattr(config, "scoring_method", lambda: None)() for config in self.task_configs.values()]
+        methods = [m for m in methods if m is not None]
+        return {"uncertainty": methods[0]} if methods else {}
 
     def on_save_label(self, image_id, label_id):
         """Saved corrections reach the tasks that learn from them at once (e.g. the template bank)."""

@@ -10,6 +10,8 @@ import torch
 from radvlsm.cache import EmbeddingCache
 from radvlsm.models import build_backbone
 from radvlsm.predictor import SegmentPredictor
+from radvlsm.training import DecoderWatcher
+from radvlsm.training.datastore import decoder_store
 
 logger = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -33,4 +35,9 @@ def shared_predictor(conf: dict[str, str]) -> SegmentPredictor:
             logger.info(f"radvlsm: backbone {backbone} (version {model.version}) on {device}; "
                         f"embedding cache {cache_mb} MB")
             _predictors[key] = SegmentPredictor(model, EmbeddingCache(max_bytes=cache_mb << 20))
+            if conf.get("trained_dir"):  # serve the decoder the radvlsm train task publishes, live
+                store = decoder_store(conf["trained_dir"], backbone)
+                _predictors[key].decoder_watcher = DecoderWatcher(store, model, _predictors[key]._lock)
+                version = _predictors[key].decoder_watcher.refresh()
+                logger.info(f"radvlsm: decoder versions in {store.root}; serving {version}")
         return _predictors[key]

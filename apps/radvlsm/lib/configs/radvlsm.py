@@ -46,9 +46,25 @@ class RadVLSMConfig(TaskConfig):
         return radvlsm_infer(PipelineService(self.pipeline, self.conf.get("text", "lesion")))
 
     def trainer(self):
-        return None
+        """``/train/radvlsm``: fine-tunes the shared predictor's decoder (the ``sam`` task serves it too)."""
+        from lib.trainers.radvlsm import RadVLSMTrain
+        from radvlsm.training.datastore import decoder_store
+
+        predictor = self.pipeline.predictor
+        return RadVLSMTrain(predictor, decoder_store(self.conf["trained_dir"], predictor.backbone.name))
+
+    def scoring_method(self):
+        from lib.activelearning import UncertaintyScoring
+
+        return UncertaintyScoring(lambda: self.pipeline, self.conf.get("text", "lesion"))
 
 
 class DiagnosisConfig(RadVLSMConfig):
     def infer(self):
         return diagnosis_infer(DiagnosisService(self.pipeline, self.conf.get("text", "lesion")))
+
+    def trainer(self):
+        return None  # fine-tuning the diagnosis head is not done yet
+
+    def scoring_method(self):
+        return None

@@ -23,5 +23,9 @@ class ServiceInfer(InferTask):
     def __call__(self, request):
         res = self.service.run(request)
         res.result["label_names"] = self.labels
+        predictor = getattr(self.service, "predictor", None) or getattr(getattr(self.service, "pipeline", None),
+                                                                        "predictor", None)
+        if predictor is not None:  # which (possibly fine-tuned) decoder made this result
+            res.result.setdefault("decoder_version", predictor.decoder_version)
         path = write_label(res.label, res.image, request) if res.label is not None else None
         return path, res.result

@@ -1,0 +1,64 @@
+"""The ``radvlsm`` train task (``POST /train/radvlsm``): fine-tune the served decoder on the final labels.
+
+MONAI Label runs it in a subprocess of the server and refuses a second request while one runs (HTTP 429, or
+queues it with ``enqueue=true``); the store's lock refuses any other concurrent run. The infer tasks pick the
+published decoder up on their next request (``decoder_version`` in their result JSON).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from typing import Any
+
+import psutil
+import torch
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+from monailabel.interfaces.tasks.train import TrainTask
+
+from radvlsm.predictor import SegmentPredictor
+from radvlsm.training import DecoderStore, TrainConfig, TrainingBusy, fine_tune
+from radvlsm.training.datastore import samples_from_datastore
+
+logger = logging.getLogger(__name__)
+DESCRIPTION = ("Fine-tune SAM's prompt encoder + mask decoder on the final (corrected) labels; publish only if the "
+               "held-back validation Dice is not worse. Options: epochs, lr, batch_size, box_jitter, clicks, "
+               "train_decoder, train_prompt_encoder, tolerance, seed, max_images, multi_gpu.")
+
+
+def _alive(pid: Any) -> bool:
+    """Whether the run that wrote the stats still runs (a killed run's process may linger as a zombie)."""
+    try:
+        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, TypeError, ValueError):
+        return False
+
+
+class RadVLSMTrain(TrainTask):
+    def __init__(self, predictor: SegmentPredictor, store: DecoderStore):
+        super().__init__(DESCRIPTION)
+        self.predictor = predictor
+        self.store = store
+
+    def config(self) -> dict[str, Any]:
+        return {**asdict(TrainConfig()), "max_images": 0, "multi_gpu": False}
+
+    def stats(self) -> dict[str, Any]:
+        stats = self.store.read_stats()
+        if stats.get("status") == "running" and not _alive(stats.get("pid")):
+            stats["status"] = "stopped"  # killed (DELETE /train): the served decoder was not touched
+        return {**stats, "served_version": self.store.current(), "versions": self.store.versions()}
+
+    def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any]:
+        try:
+            cfg = TrainConfig.from_request(request)
+            limit = int(request.get("max_images") or 0) or None
+            samples = samples_from_datastore(datastore, limit)
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if request.get("multi_gpu") and gpus > 1:
+                from radvlsm.training.distributed import launch
+
+                return launch(self.predictor, samples, self.store, cfg, world_size=gpus)
+            return fine_tune(self.predictor, samples, self.store, cfg).to_json()
+        except (ValueError, TrainingBusy) as exc:
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"radvlsm training: {exc}") from exc
