@@ -32,6 +32,7 @@ class PipelineService:
         image = load_request_image(request)
         prompts = parse_prompts(request, image.shape)
         res = self.pipeline.run(image, opts, prompts if not prompts.empty else None)
+        res.result["runtime"] = self.pipeline.predictor.runtime.name  # the encoder runtime (radvlsm.runtimes)
         return LabelResult(res.label, image, res.result)
 
 

@@ -48,6 +48,7 @@ class Segmentation:
     lesions: list[LesionMask]
     timings_ms: dict[str, float] = field(default_factory=dict)
     cache_hit: bool = False
+    runtime: str = "eager"  # encoder runtime of the embedding
 
     def label_map(self, multilabel: bool = False) -> np.ndarray:
         """``(rows, cols)`` uint8: lesion ``i`` labelled ``i+1`` if ``multilabel``, else every lesion 1."""
@@ -189,8 +190,13 @@ class SegmentPredictor:
         """
         if self.decoder_watcher is not None:
             self.decoder_watcher.refresh()
+        onnx_decoder = getattr(self.runtime, "decoder", None) if self.decoder_version == "shipped" else None
         with self._lock, torch.inference_mode():
             sparse, dense = self.backbone.prompt_encoder(points=points, boxes=boxes, masks=None)
+            if onnx_decoder is not None:  # the runtime's exported decoder: all four outputs, sliced as SAM does
+                masks, iou = onnx_decoder.run(enc.embedding, sparse)
+                keep = slice(None) if multimask is None else slice(1, None) if multimask else slice(0, 1)
+                return masks[:, keep].to(self.device), iou[:, keep].to(self.device)
             kwargs = dict(image_embeddings=enc.embedding, image_pe=self.backbone.prompt_encoder.get_dense_pe(),
                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
             if multimask is None:
@@ -255,4 +261,4 @@ class SegmentPredictor:
                                       None if box is None else [float(v) for v in box], int(sel.sum())))
         t2 = time.perf_counter()
         timings = {"encode": enc.encode_ms, "decode": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3}
-        return Segmentation(lesions, timings, enc.cache_hit)
+        return Segmentation(lesions, timings, enc.cache_hit, enc.runtime)

@@ -98,6 +98,7 @@ class SamService:
             "cache_hit": seg.cache_hit,
             "latencies_ms": timings,
             "backbone": self.predictor.backbone.name,
+            "runtime": seg.runtime,
             "model_version": self.predictor.backbone.version,
             "image_shape": list(image.shape),
         }

@@ -1,4 +1,5 @@
-"""ONNX Runtime encoders on CPU: ``onnx`` (fp32 export) and ``onnx_int8`` (dynamic int8 quantisation of it).
+"""ONNX Runtime encoders on CPU: ``onnx`` (fp32 export) and ``onnx_int8`` (dynamic int8 quantisation of it); both
+run the mask decoder on ONNX Runtime too (fp32, :mod:`radvlsm.runtimes.onnx_decoder`).
 
 The export is made locally (no network) the first time a backbone/checkpoint is served and cached on disk:
 ``<cache_dir>/onnx/<backbone>-<checkpoint hash>-<img_size>-<tool versions hash>/encoder[.int8].onnx``. The
@@ -133,7 +134,7 @@ def export_int8(backbone: Backbone, cache_dir: str | Path | None = None) -> Path
 class OnnxRuntime:
     """An ONNX Runtime CPU session over an exported encoder."""
 
-    def __init__(self, name: str, path: Path, threads: int | None = None):
+    def __init__(self, name: str, path: Path, threads: int | None = None, decoder=None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -141,6 +142,7 @@ class OnnxRuntime:
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
         self.name, self.path = name, path
+        self.decoder = decoder  # an OnnxDecoder for the per-prompt path, or None (torch decoder)
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,8 +150,8 @@ class OnnxRuntime:
         return torch.from_numpy(out)
 
     def describe(self) -> dict:
-        return {"runtime": self.name, "file": str(self.path), "threads": self.session.get_session_options()
-                .intra_op_num_threads}
+        return {"runtime": self.name, "file": str(self.path), "decoder": "onnx" if self.decoder else "torch",
+                "threads": self.session.get_session_options().intra_op_num_threads}
 
 
 def _cpu_only(backbone: Backbone) -> str | None:
@@ -158,9 +160,13 @@ def _cpu_only(backbone: Backbone) -> str | None:
 
 @register_runtime("onnx", _cpu_only, "ONNX Runtime CPU, fp32 export of the encoder (made locally, cached)")
 def build_onnx(backbone: Backbone, cache_dir: str | Path | None = None) -> OnnxRuntime:
-    return OnnxRuntime("onnx", export_fp32(backbone, cache_dir))
+    from radvlsm.runtimes.onnx_decoder import build_decoder
+
+    return OnnxRuntime("onnx", export_fp32(backbone, cache_dir), decoder=build_decoder(backbone, cache_dir))
 
 
 @register_runtime("onnx_int8", _cpu_only, "ONNX Runtime CPU, dynamic int8 quantisation of the fp32 export")
 def build_onnx_int8(backbone: Backbone, cache_dir: str | Path | None = None) -> OnnxRuntime:
-    return OnnxRuntime("onnx_int8", export_int8(backbone, cache_dir))
+    from radvlsm.runtimes.onnx_decoder import build_decoder
+
+    return OnnxRuntime("onnx_int8", export_int8(backbone, cache_dir), decoder=build_decoder(backbone, cache_dir))

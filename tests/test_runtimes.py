@@ -1,0 +1,131 @@
+"""Encoder runtimes: choice honoured and reported, ONNX export cached and reused/rebuilt, outputs match eager."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from radvlsm.geometry import Prompts
+from radvlsm.io import load_image
+from radvlsm.models import build_backbone
+from radvlsm.predictor import SegmentPredictor
+from radvlsm.runtimes import available_runtimes, build_runtime, choose_auto
+from radvlsm.runtimes import onnx as onnx_rt
+from radvlsm.service import SamService
+from tests.conftest import SAMPLES, dice, tight_box
+
+CASES = ["bus_0075-r", "bus_1033-r"]
+NO_POINTS = (np.zeros((0, 2), np.float32), np.zeros(0, int))
+# Stated tolerances against eager on the two samples (embedding max abs difference scaled by its magnitude,
+# and Dice between the runtime's mask and eager's mask for the same tight box).
+TOLERANCE = {"onnx": (1e-4, 0.999), "onnx_int8": (0.5, 0.95)}
+
+
+@pytest.fixture(scope="module")
+def lite():
+    return build_backbone("litemedsam")
+
+
+def test_registry_names_runtimes_and_refuses_unknown_or_unsupported():
+    tiny = build_backbone("sam_vit_tiny")
+    assert {"eager", "onnx", "onnx_int8", "bf16", "fp16"} <= set(available_runtimes())
+    with pytest.raises(ValueError, match="unknown runtime 'nope'"):
+        build_runtime("nope", tiny)
+    with pytest.raises(ValueError, match="fp16 autocast is for CUDA"):
+        build_runtime("fp16", tiny)
+
+
+def test_auto_follows_the_measured_gates():
+    tiny = build_backbone("sam_vit_tiny")
+    gate = {"backbone": tiny.name, "version": tiny.version, "device": "cpu", "runtime": "onnx", "passed": True,
+            "encode_ratio": 0.5, "dice_delta": 0.0, "dataset": "x", "images": 1}
+    assert choose_auto(tiny, [gate])[0] == "onnx"
+    assert choose_auto(tiny, [{**gate, "passed": False}])[0] == "eager"
+    assert choose_auto(tiny, [{**gate, "version": "other-checkpoint"}])[0] == "eager"
+    assert choose_auto(tiny, [{**gate, "encode_ratio": 1.2}])[0] == "eager"
+    assert choose_auto(tiny, [gate, {**gate, "runtime": "onnx_int8", "encode_ratio": 0.4}])[0] == "onnx_int8"
+
+
+def _tiny_checkpoint(path, seed: int) -> str:
+    torch.save(build_backbone("sam_vit_tiny", seed=seed).state_dict(), path)
+    return str(path)
+
+
+def test_onnx_export_is_reused_across_instances_and_restarts_and_rebuilt_for_new_weights(tmp_path):
+    cache = tmp_path / "cache"
+    ckpt = _tiny_checkpoint(tmp_path / "a.pth", seed=0)
+    before = onnx_rt.EXPORTS["fp32"]
+    first = SegmentPredictor(build_backbone("sam_vit_tiny", checkpoint=ckpt), runtime="onnx", runtime_dir=str(cache))
+    path = first.runtime.path
+    assert onnx_rt.EXPORTS["fp32"] == before + 1 and path.is_file()
+    assert first.runtime.describe()["runtime"] == "onnx"
+    mtime = path.stat().st_mtime_ns
+    SegmentPredictor(build_backbone("sam_vit_tiny", checkpoint=ckpt), runtime="onnx", runtime_dir=str(cache))
+    assert onnx_rt.EXPORTS["fp32"] == before + 1 and path.stat().st_mtime_ns == mtime
+    # a restart: a fresh process finds the file and exports nothing
+    code = ("import sys; from radvlsm.models import build_backbone; from radvlsm.predictor import SegmentPredictor;"
+            "from radvlsm.runtimes import onnx;"
+            "p = SegmentPredictor(build_backbone('sam_vit_tiny', checkpoint=sys.argv[1]), runtime='onnx',"
+            " runtime_dir=sys.argv[2]); print(onnx.EXPORTS['fp32'], p.runtime.path)")
+    out = subprocess.run([sys.executable, "-c", code, ckpt, str(cache)], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"}).stdout.split()
+    assert out == ["0", str(path)] and path.stat().st_mtime_ns == mtime
+    # new weights (a new checkpoint hash): a new export beside the old one
+    other = SegmentPredictor(build_backbone("sam_vit_tiny", checkpoint=_tiny_checkpoint(tmp_path / "b.pth", 1)),
+                             runtime="onnx", runtime_dir=str(cache))
+    assert onnx_rt.EXPORTS["fp32"] == before + 2 and other.runtime.path != path and path.is_file()
+    assert not list(cache.rglob("*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_runtime_is_in_the_cache_key_and_the_result_json(tmp_path):
+    bb = build_backbone("sam_vit_tiny")
+    img = load_image(SAMPLES / "images" / f"{CASES[0]}.png")
+    eager = SegmentPredictor(bb)
+    onnx = SegmentPredictor(bb, cache=eager.cache, runtime="onnx", runtime_dir=str(tmp_path))
+    assert eager.cache_key(img) != onnx.cache_key(img)
+    params = {"image": str(SAMPLES / "images" / f"{CASES[0]}.png"), "boxes": [tight_box(CASES[0])]}
+    assert SamService(eager).run(params).result["runtime"] == "eager"
+    res = SamService(onnx).run(params).result
+    assert res["runtime"] == "onnx" and not res["cache_hit"]  # eager's embedding is not reused by onnx
+
+
+@pytest.fixture(scope="module")
+def eager(lite):
+    return SegmentPredictor(lite)
+
+
+@pytest.mark.parametrize("name", ["onnx", "onnx_int8"])
+def test_runtime_matches_eager_on_two_samples(lite, eager, name):
+    other = SegmentPredictor(lite, runtime=name)  # default cache dir: exported once per machine
+    assert other.runtime.decoder is not None  # the per-prompt path runs on ONNX Runtime too
+    emb_tol, dice_tol = TOLERANCE[name]
+    for case in CASES:
+        img = load_image(SAMPLES / "images" / f"{case}.png")
+        ref, got = eager.encode(img).embedding, other.encode(img).embedding
+        assert float((got - ref).abs().max()) / float(ref.abs().max()) <= emb_tol
+        prompts = Prompts(np.array([tight_box(case)], np.float32), *NO_POINTS)
+        a, b = eager.segment(img, prompts), other.segment(img, prompts)
+        assert b.runtime == name and b.cache_hit and dice(a.lesions[0].mask, b.lesions[0].mask) >= dice_tol
+        assert abs(a.lesions[0].score - b.lesions[0].score) <= (1e-3 if name == "onnx" else 0.05)
+
+
+@pytest.mark.e2e
+def test_server_reports_its_runtime_in_every_result(server, lite):
+    expected = choose_auto(lite)[0]
+    case = CASES[1]
+    params = {"boxes": [tight_box(case)]}
+    sam = requests.post(f"{server.url}/infer/sam", params={"image": case, "output": "json"},
+                        files={"params": (None, json.dumps(params))}, timeout=300)
+    assert sam.status_code == 200 and sam.json()["runtime"] == expected
+    pipe = requests.post(f"{server.url}/infer/radvlsm", params={"image": case, "output": "json"},
+                         files={"params": (None, json.dumps({"diagnose": False}))}, timeout=300)
+    assert pipe.status_code == 200 and pipe.json()["runtime"] == expected
+    assert "runtime" in (server.log.read_text())
+
