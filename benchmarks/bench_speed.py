@@ -19,13 +19,17 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import requests
 import torch
+from PIL import Image as PILImage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,7 +41,9 @@ from radvlsm.io import load_image, load_mask  # noqa: E402
 from radvlsm.models import build_backbone  # noqa: E402
 from radvlsm.predictor import Encoded, SegmentPredictor, preprocess  # noqa: E402
 from radvlsm.runtimes import DICE_TOLERANCE, available_runtimes  # noqa: E402
-from radvlsm.runtimes.registry import GATES  # noqa: E402
+from radvlsm.runtimes.registry import GATES, SPEED_MARGIN  # noqa: E402
+from radvlsm.service import SamService, write_label  # noqa: E402
+from tests.conftest import start_server, stop_server  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -123,7 +129,9 @@ def write_gates(backbone, dataset: str, summary: dict[str, dict], skipped: dict[
         measured.append({"backbone": backbone.name, "version": backbone.version, "device": device, "runtime": n,
                          "dataset": dataset, **s})
     doc = {"rule": f"a runtime is eligible for 'auto' if its Dice with ground-truth boxes on {dataset} is within "
-                   f"{DICE_TOLERANCE} of eager's; auto takes the eligible one with the lowest encode_ratio",
+                   f"{DICE_TOLERANCE} of eager's and the run covered the whole set; auto takes the eligible one "
+                   f"with the lowest encode_ratio, and among those within {SPEED_MARGIN:.0%} of it the one "
+                   "closest to eager",
            "command": "python benchmarks/bench_speed.py --dice",
            "cpu": os.uname().machine + f", {os.cpu_count()} cores, torch {torch.__version__}",
            "measured": measured, "not_supported_here": skipped}
@@ -147,9 +155,110 @@ def run_dice(args, backbone) -> None:
               f"| {'passed' if s['passed'] else 'FAILED'} | {s['encode_ms_median']:.0f} | {s['encode_ratio']:.2f} |")
     for n, why in skipped.items():
         print(f"| {n} | - | - | - | not run: {why} | - | - |")
-    if args.limit is None:
+    complete = len(items) == len(load(args.dataset)) and all(s["images"] == len(items) for s in summary.values())
+    if complete or args.write_partial:
+        for s in summary.values():
+            s.update(dataset_size=len(load(args.dataset)), complete=complete)
         write_gates(backbone, args.dataset, summary, skipped)
-        print(f"\nwritten: {GATES.relative_to(ROOT)}")
+        print(f"\nwritten: {GATES.relative_to(ROOT)} ({'complete' if complete else 'PARTIAL: auto ignores it'})")
+
+
+# ---------------------------------------------------------------- latency through a real server ------------------
+
+def fresh_copy(src: Path, out: Path) -> Path:
+    """Same image, one pixel's lowest bit flipped: new content for the server (it must encode it)."""
+    pixels = np.array(PILImage.open(src))
+    pixels.flat[0] ^= 1
+    PILImage.fromarray(pixels).save(out)
+    return out
+
+
+def post(url: str, model: str, params: dict, upload: Path | None = None, image: str = "") -> tuple[float, dict]:
+    files = {"params": (None, json.dumps(params))}
+    if upload is not None:
+        files["file"] = (upload.name, upload.read_bytes())
+    t = time.perf_counter()
+    r = requests.post(f"{url}/infer/{model}", params={"image": image, "output": "json"}, files=files, timeout=600)
+    ms = (time.perf_counter() - t) * 1e3
+    r.raise_for_status()
+    return ms, r.json()
+
+
+def in_process(backbone, runtime: str, items) -> dict:
+    """The sam task's own call (SamService + label write) without HTTP: first (encode) and cached, and GT Dice."""
+    predictor = SegmentPredictor(backbone, runtime=runtime)
+    service = SamService(predictor)
+    first, cached, dices = [], [], []
+    for img_path, mask_path, _ in items:
+        gt = load_mask(mask_path, load_image(img_path).shape) > 0
+        request = {"image": str(img_path), "boxes": [mask_to_box(gt)], "result_extension": ".png"}
+        for bucket in (first, cached):
+            t = time.perf_counter()
+            res = service.run(request)
+            Path(write_label(res.label, res.image, request)).unlink()
+            bucket.append((time.perf_counter() - t) * 1e3)
+        dices.append(dice(res.label > 0, gt))
+    return {"first": first, "cached": cached, "dice": dices}
+
+
+def through_server(runtime: str, items, batch_items, tmp: Path) -> dict:
+    studies = tmp / "studies"  # start_server serves tmp/studies (and seeds it only when missing)
+    studies.mkdir(parents=True)
+    for img_path, _, case in batch_items:
+        shutil.copy(img_path, studies / f"{case}{img_path.suffix}")
+    srv = start_server(tmp, conf={"runtime": runtime, "models": "sam,radvlsm"}, timeout=900)
+    try:
+        first, cached, pipeline, runtimes = [], [], [], set()
+        for img_path, mask_path, case in items:
+            box = mask_to_box(load_mask(mask_path, load_image(img_path).shape) > 0)
+            for bucket in (first, cached):
+                ms, res = post(srv.url, "sam", {"boxes": [box], "result_extension": ".png"}, upload=img_path)
+                bucket.append(ms)
+                runtimes.add(res["runtime"])
+            ms, res = post(srv.url, "radvlsm", {}, upload=fresh_copy(img_path, tmp / f"new-{case}.png"))
+            assert res["encodes"] == 1, "the pipeline image was not new"
+            pipeline.append(ms)
+            runtimes.add(res["runtime"])
+        t = time.perf_counter()
+        r = requests.post(f"{srv.url}/batch/infer/radvlsm", params={"images": "unlabeled", "run_sync": "true"},
+                          json={"label_tag": "original"}, timeout=3600)
+        r.raise_for_status()
+        batch = {**r.json(), "wall_s": time.perf_counter() - t}
+    finally:
+        stop_server(srv.proc)
+    assert runtimes == {runtime}, f"server reported {runtimes}, asked {runtime}"
+    return {"first": first, "cached": cached, "pipeline": pipeline, "batch": batch}
+
+
+def run_latency(args, backbone) -> None:
+    names, skipped = runtimes_here(backbone, args.runtimes or ["eager", "onnx", "onnx_int8"])
+    data = load(args.dataset)
+    items, batch_items = data[: args.limit], data[args.limit: args.limit + args.batch]
+    gates = {g["runtime"]: g for g in json.loads(GATES.read_text())["measured"]
+             if g["backbone"] == backbone.name and g["version"] == backbone.version} if GATES.exists() else {}
+    print(f"{args.dataset}: {len(items)} images for latency, {len(batch_items)} others for batch pre-annotation; "
+          f"{backbone.name}@{backbone.version}; {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads; "
+          f"load average at start {os.getloadavg()[0]:.1f}\n")
+    print("| runtime | first prompt ms (REST, new image) | cached prompt ms (REST) | in-process cached ms "
+          "| REST overhead | pipeline ms (REST, new image) | batch images/s | Dice (these images, GT box) "
+          "| Dice gate (full set) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    med = statistics.median
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in names:
+            local = in_process(backbone, n, items)
+            remote = through_server(n, items, batch_items, Path(tmp) / n)
+            overhead = med(remote["cached"]) / med(local["cached"]) - 1
+            g = gates.get(n)
+            gate = (f"{g['dice_mean']:.4f} ({g['dice_delta']:+.4f}, {g['images']} img, "
+                    f"{'passed' if g['passed'] else 'FAILED'}{'' if g.get('complete', True) else ', partial'})"
+                    if g else "not measured")
+            print(f"| {n} | {med(remote['first']):.0f} | {med(remote['cached']):.0f} | {med(local['cached']):.0f} "
+                  f"| {overhead:+.0%} | {med(remote['pipeline']):.0f} "
+                  f"| {remote['batch']['images_per_s']:.2f} ({remote['batch']['done']} img) "
+                  f"| {np.mean(local['dice']):.4f} | {gate} |", flush=True)
+    for n, why in skipped.items():
+        print(f"| {n} | not run: {why} |")
 
 
 def main() -> None:
@@ -158,14 +267,19 @@ def main() -> None:
     ap.add_argument("--backbone", default="litemedsam")
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--runtimes", nargs="*", default=None, help="default: every registered runtime usable here")
-    ap.add_argument("--limit", type=int, default=None, help="first N images only")
+    ap.add_argument("--limit", type=int, default=None, help="--dice: first N images only; latency: N images (10)")
+    ap.add_argument("--batch", type=int, default=10, help="latency run: images pre-annotated by batch infer")
     ap.add_argument("--dice", action="store_true", help="the Dice gate run (full set unless --limit)")
+    ap.add_argument("--write-partial", action="store_true",
+                    help="record an unfinished Dice run in gates.json (marked incomplete; auto ignores it)")
     args = ap.parse_args()
+    if not args.dice and args.limit is None:
+        args.limit = 10
     backbone = build_backbone(args.backbone, checkpoint=args.checkpoint)
     if args.dice:
         run_dice(args, backbone)
     else:
-        raise SystemExit("latency run: not yet")
+        run_latency(args, backbone)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 import lib.configs
 from lib.activelearning import STRATEGY_TASKS
+from lib.batch import PreAnnotateBatch
 from radvlsm.errors import CheckpointError, InputError
 from radvlsm.training.datastore import default_trained_dir
 
@@ -50,6 +51,10 @@ class RadVLSMApp(MONAILabelApp):
         # MONAI Label rescores every image after each train / next-sample request; on CPU that is minutes of
         # pipeline runs, so it is opt-in here (--conf auto_scoring true); POST /scoring/uncertainty scores on demand.
         self._auto_update_scoring = conf.get("auto_scoring", "false").lower() == "true"
+
+    def init_batch_infer(self) -> PreAnnotateBatch:
+        """``/batch/infer/<task>``: pre-annotate unlabelled images, resumable, progress in the log."""
+        return PreAnnotateBatch()
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
