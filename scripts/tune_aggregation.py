@@ -30,6 +30,7 @@ from radvlsm import aggregation as agg  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
 
 TOP_K = 3  # the pipeline's default top_k
+COLLECT_SCALES = (0.9, 1.1, 1.2, 1.3, 1.45)
 PACKS = Path("~/.cache/radvlsm/aggregation_packs").expanduser()
 
 
@@ -44,7 +45,7 @@ def collect(args) -> None:
 
     predictor = SegmentPredictor(build_backbone("litemedsam"), disk_cache="~/.cache/radvlsm/embeddings")
     proposer = build_proposer("qformer_lite", predictor=predictor)
-    cfg = agg.AggregationConfig()
+    cfg = agg.AggregationConfig(scales=COLLECT_SCALES, shift=0.0)  # every scale any rule below may use
     for name in args.sets:
         items = load(name)
         items = random.Random(1).sample(items, min(args.n, len(items)))
@@ -84,7 +85,9 @@ def replay(rec: dict, cfg: agg.AggregationConfig, sel: agg.SelectionConfig) -> n
     by_box = {tuple(c["box"]): c for c in rec["candidates"]}
     for cl in clusters:
         members = [by_box[tuple(c.box)] for c in cl]
-        ps = agg.PromptSet.concat([agg.PromptSet(m["logits"].float(), m["ious"], m["kinds"]) for m in members],
+        ps = agg.PromptSet.concat([agg.PromptSet(m["logits"].float(), m["ious"], m["kinds"],
+                                                 np.full(len(m["kinds"]), m["score"], np.float32))
+                                   for m in members],
                                   [m["score"] for m in members], cfg)
         lesions.append(agg.fuse_prompts(ps, heat, cl, cfg))
     kept = agg.select_lesions(lesions, sel)
@@ -95,21 +98,25 @@ def replay(rec: dict, cfg: agg.AggregationConfig, sel: agg.SelectionConfig) -> n
 
 
 def rules(args) -> None:
+    torch.set_num_threads(1)
     base, sel0 = agg.AggregationConfig(), agg.SelectionConfig()
     variants = {
         "default": (base, sel0),
-        "one lesion": (base, replace(sel0, max_lesions=1)),
-        "no heat term": (replace(base, heat_weight=False), sel0),
-        "best prompt only": (replace(base, best_only=True), sel0),
-        "rank by proposal score": (base, replace(sel0, use_quality=False)),
-        "relative 0.7": (base, replace(sel0, relative=0.7)),
-        "relative 0.95": (base, replace(sel0, relative=0.95)),
-        "sharpness 2": (replace(base, sharpness=2.0), sel0),
-        "sharpness 4": (replace(base, sharpness=4.0), sel0),
-        "single-mask outputs only": (replace(base, multimask=False), sel0),
-        "box only, 4 outputs": (replace(base, scales=(), shift=0.0), sel0),
-        "box only, m0": (replace(base, scales=(), shift=0.0, multimask=False), sel0),
+        "default, one lesion": (base, replace(sel0, max_lesions=1)),
+        "default, lesions ranked by proposal score": (base, replace(sel0, use_quality=False)),
+        "default, relative 0.5": (base, replace(sel0, relative=0.5)),
+        "default, relative 0.95": (base, replace(sel0, relative=0.95)),
+        "default, no text terms": (replace(base, heat_weight=False), sel0),
+        "default, best prompt only": (replace(base, best_only=True), sel0),
+        "default, m0 outputs only": (replace(base, multimask=False), sel0),
+        "box only, m0": (replace(base, scales=(), multimask=False), sel0),
+        "box only, m0, no text terms": (replace(base, scales=(), multimask=False, heat_weight=False), sel0),
     }
+    for scales in ((0.9, 1.1), (1.1, 1.2), (0.9, 1.1, 1.2, 1.3), COLLECT_SCALES):
+        for term in ("mean", "coverage", "dice"):
+            for sharp in (1.0, 3.0):
+                variants[f"scales {'/'.join(map(str, scales))}, {term}, sharp {sharp:g}"] = (
+                    replace(base, scales=scales, prompt_text_term=term, sharpness=sharp), sel0)
     for name in args.sets:
         packs = sorted((args.out / name).glob("*.pt"))
         if not packs:

@@ -40,7 +40,7 @@ def test_fused_mask_matches_the_known_lesion(lite, encoded):
     assert lesion.mask.shape == reference(CASE).shape
     assert dice(lesion.mask, reference(CASE)) >= 0.8
     kinds = {p["kind"] for p in lesion.prompts}
-    assert {"box/m0", "box/m1", "scale0.9/m0", "shift+x/m0"} <= kinds
+    assert {"box/m0", "box/m1", "scale1.1/m0", "scale1.2/m0"} <= kinds
     assert abs(sum(p["weight"] for p in lesion.prompts) - 1) < 1e-3
     assert 0.5 < lesion.agreement <= 1 and 0 < lesion.reliability <= 1
 
@@ -58,7 +58,7 @@ def test_all_prompts_of_all_lesions_in_one_decoder_call(lite, encoded, monkeypat
     far = [5.0, 5.0, 40.0, 40.0]
     agg.aggregate(lite, encoded, [agg.Candidate(box, 0.9, "t"), agg.Candidate(far, 0.8, "t")],
                   sel=agg.SelectionConfig(relative=0.0))
-    assert calls == [2 * 7]  # two clusters x (box + 2 scales + 4 shifts), four mask outputs each
+    assert calls == [2 * 3]  # two clusters x (box + 2 widened copies), four mask outputs each
 
 
 def test_two_separate_lesions_stay_two_and_do_not_overlap(lite, encoded):
@@ -108,8 +108,8 @@ def test_selection_keeps_only_lesions_close_to_the_best():
 
 
 def test_text_relevance_steers_the_weights(lite, encoded):
-    """A heatmap that lights only the lesion raises the weight of prompts whose masks stay on it."""
-    box = loose(tight_box(CASE), encoded.original_size, margin=0.3)
+    """A heatmap that lights only the lesion moves weight onto the prompts whose masks hold it."""
+    box = loose(tight_box(CASE), encoded.original_size, margin=-0.12)  # too tight: its copies hold more of it
     cluster = [agg.Candidate(box, 0.9, "t")]
     cfg = agg.AggregationConfig()
     ps = agg.decode_clusters(lite, encoded, [cluster], cfg)[0]
@@ -121,7 +121,7 @@ def test_text_relevance_steers_the_weights(lite, encoded):
     on = np.array([p["text_consistency"] for p in with_heat.prompts])
     w_with = np.array([p["weight"] for p in with_heat.prompts])
     w_without = np.array([p["weight"] for p in without.prompts])
-    assert on.max() - on.min() > 0.1  # the loose box's prompts differ in how much they stay on the lesion
+    assert on.max() - on.min() > 0.05  # the prompts differ in how much of the lesion they hold
     assert (w_with * on).sum() > (w_without * on).sum() + 1e-3  # weight moved onto the prompts on the lesion
     assert dice((with_heat.logit > 0).numpy(), heat.numpy() > 0.5) >= dice((without.logit > 0).numpy(),
                                                                            heat.numpy() > 0.5) - 0.01

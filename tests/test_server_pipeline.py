@@ -31,7 +31,7 @@ def test_radvlsm_text_to_mask_to_diagnosis(server, tmp_path, case):
     assert res["found"] and res["lesions"][0]["label"] == 1
     lesion = res["lesions"][0]
     assert 0 <= lesion["uncertainty"] <= 1 and lesion["n_prompts"] >= 5
-    assert {p["kind"] for p in lesion["prompts"]} >= {"box/m0", "box/m1", "scale0.9/m0", "shift+x/m0"}
+    assert {p["kind"] for p in lesion["prompts"]} >= {"box/m0", "box/m1", "scale1.1/m0", "scale1.2/m0"}
     assert 0 < lesion["reliability"] <= 1 and abs(sum(p["weight"] for p in lesion["prompts"]) - 1) < 1e-3
     assert lesion["diagnosis"]["status"] == "ok" and 0 <= lesion["diagnosis"]["probability"] <= 1
     for stage in ("encode", "propose", "aggregate", "diagnose", "total"):
