@@ -4,6 +4,8 @@
     python benchmarks/bench_speed.py --dice
     # latencies through a real MONAI Label server on loopback, same images for every runtime
     python benchmarks/bench_speed.py --limit 10
+    # where a cached prompt's time goes (in process), and the mask decoder's FLOPs
+    python benchmarks/bench_speed.py --profile
 
 The Dice run is resumable (per-image rows in benchmarks/results/speed_dice_<dataset>.csv) and, on the full
 set, writes the measured gates to lib/radvlsm/runtimes/gates.json. The latency run prints one markdown row per
@@ -261,6 +263,58 @@ def run_latency(args, backbone) -> None:
         print(f"| {n} | not run: {why} |")
 
 
+# ---------------------------------------------------------------- where a cached prompt goes -------------------
+
+STAGES = {"mask decoder (+ prompt encoder)": "_run_decoder", "mask to image grid": "postprocess",
+          "label file write": "write_label", "image read": "load_request_image"}
+
+
+def run_profile(args, backbone) -> None:
+    """cProfile of the in-process cached ``sam`` call per runtime, and the decoder's FLOPs per prompt."""
+    import cProfile
+    import pstats
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    img_path, mask_path, _ = load(args.dataset)[0]
+    gt = load_mask(mask_path, load_image(img_path).shape) > 0
+    request = {"image": str(img_path), "boxes": [mask_to_box(gt)], "result_extension": ".png"}
+    print(f"cached sam call in process, {img_path.name}, {torch.get_num_threads()} torch threads, "
+          f"load average {os.getloadavg()[0]:.1f}\n")
+    print("| runtime | total ms | " + " | ".join(STAGES) + " | other |")
+    print("|---|---|" + "---|" * (len(STAGES) + 1))
+    for n in runtimes_here(backbone, args.runtimes or ["eager", "onnx"])[0]:
+        service = SamService(SegmentPredictor(backbone, runtime=n))
+
+        def call(service=service) -> None:
+            res = service.run(request)
+            Path(write_label(res.label, res.image, request)).unlink()
+
+        call()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(args.repeat):
+            call()
+        prof.disable()
+        stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
+        cum = {name: sum(v[3] for k, v in stats.items() if k[2] == name and "radvlsm" in k[0])
+               for name in STAGES.values()}
+        total = sum(v[3] for k, v in stats.items() if k[2] == "call" and k[0] == __file__)
+        shares = [cum[f] / total for f in STAGES.values()]
+        print(f"| {n} | {total / args.repeat * 1e3:.0f} | " + " | ".join(f"{x:.1%}" for x in shares)
+              + f" | {1 - sum(shares):.1%} |")
+    pe = backbone.prompt_encoder
+    grid = pe.image_embedding_size
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        sparse, dense = pe(points=None, boxes=torch.tensor([[10.0, 20.0, 200.0, 150.0]]), masks=None)
+        backbone.mask_decoder(image_embeddings=torch.zeros(1, pe.embed_dim, *grid), image_pe=pe.get_dense_pe(),
+                              sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+    by_module = fc.get_flop_counts()
+    parts = {m: sum(by_module.get(f"MaskDecoder.{m}", {}).values()) / 1e9 for m in ("transformer", "output_upscaling")}
+    print(f"\nmask decoder, one box: {fc.get_total_flops() / 1e9:.2f} GFLOP (two-way transformer "
+          f"{parts['transformer']:.2f}, upscaling convolutions {parts['output_upscaling']:.2f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="busbra-fold5")
@@ -268,6 +322,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--runtimes", nargs="*", default=None, help="default: every registered runtime usable here")
     ap.add_argument("--limit", type=int, default=None, help="--dice: first N images only; latency: N images (10)")
+    ap.add_argument("--profile", action="store_true", help="where a cached prompt's time goes, per runtime")
+    ap.add_argument("--repeat", type=int, default=20, help="--profile: calls profiled per runtime")
     ap.add_argument("--batch", type=int, default=10, help="latency run: images pre-annotated by batch infer")
     ap.add_argument("--dice", action="store_true", help="the Dice gate run (full set unless --limit)")
     ap.add_argument("--write-partial", action="store_true",
@@ -278,6 +334,8 @@ def main() -> None:
     backbone = build_backbone(args.backbone, checkpoint=args.checkpoint)
     if args.dice:
         run_dice(args, backbone)
+    elif args.profile:
+        run_profile(args, backbone)
     else:
         run_latency(args, backbone)
 
