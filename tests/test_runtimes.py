@@ -133,3 +133,26 @@ def test_server_reports_its_runtime_in_every_result(server, lite):
     assert pipe.status_code == 200 and pipe.json()["runtime"] == expected
     assert "runtime" in (server.log.read_text())
 
+
+
+def test_postprocess_skips_only_a_no_op_resampling(lite):
+    """LiteMedSAM's decoder grid equals its input size: the skipped interpolation would return the same values."""
+    import torch.nn.functional as F
+
+    from radvlsm.predictor import Encoded
+
+    low = torch.randn(1, 2, 256, 256)
+    enc = Encoded(torch.zeros(1), (300, 517), (149, 256))
+    same = F.interpolate(low, (256, 256), mode="bilinear", align_corners=False)
+    assert torch.equal(same, low)
+    ref = F.interpolate(same[..., :149, :256], (300, 517), mode="bilinear", align_corners=False)[0]
+    assert torch.equal(SegmentPredictor(lite).postprocess(low, enc), ref)
+
+
+def test_onnxruntime_and_dicom_seg_share_one_numpy():
+    """onnxruntime's numpy needs must not break pydicom-seg (DICOM SEG output) in the resolved environment."""
+    import numpy
+    import onnxruntime
+    import pydicom_seg
+
+    assert int(numpy.__version__.split(".")[0]) < 2 and onnxruntime.__version__ and pydicom_seg.__version__

@@ -237,7 +237,9 @@ class SegmentPredictor:
     def postprocess(self, low_res: torch.Tensor, enc: Encoded) -> torch.Tensor:
         """Low-res logits ``(1, K, 256, 256)`` -> ``(K, rows, cols)`` on the original grid."""
         size = self.backbone.img_size
-        x = F.interpolate(low_res.float(), (size, size), mode="bilinear", align_corners=False)
+        x = low_res.float()
+        if tuple(x.shape[-2:]) != (size, size):  # LiteMedSAM's decoder grid is already 256: resampling is a no-op
+            x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
         x = x[..., : enc.input_size[0], : enc.input_size[1]]
         x = F.interpolate(x, enc.original_size, mode="bilinear", align_corners=False)
         return x[0].cpu()
