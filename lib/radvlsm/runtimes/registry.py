@@ -99,6 +99,13 @@ def build_runtime(name: str, backbone: Backbone, cache_dir: str | Path | None = 
     if name == "auto":
         name, why = choose_auto(backbone)
         logger.info(f"radvlsm: runtime auto -> {name}: {why}")
+        if name != "eager":
+            try:
+                return specs[name].build(backbone, cache_dir=cache_dir)
+            except Exception as exc:  # e.g. an unwritable cache dir: auto must still serve, with the reference
+                logger.warning(f"radvlsm: runtime {name} could not be built ({type(exc).__name__}: {exc}); "
+                               "auto falls back to eager")
+                name = "eager"
     if name not in specs:
         raise ValueError(f"unknown runtime '{name}'; available: auto, {', '.join(sorted(specs))}")
     reason = specs[name].supported(backbone)
