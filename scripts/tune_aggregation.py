@@ -48,7 +48,9 @@ def collect(args) -> None:
     cfg = agg.AggregationConfig(scales=COLLECT_SCALES, shift=0.0)  # every scale any rule below may use
     for name in args.sets:
         items = load(name)
-        items = random.Random(1).sample(items, min(args.n, len(items)))
+        items = list(items)
+        random.Random(1).shuffle(items)  # a fixed order: a larger --n extends a smaller run's packs
+        items = items[: args.n]
         out = args.out / name
         out.mkdir(parents=True, exist_ok=True)
         for i, (img_path, mask_path, case) in enumerate(items):

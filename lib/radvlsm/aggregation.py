@@ -11,8 +11,8 @@ Rule (documented in the README; settings chosen on training images with ``script
    the other prompts' masks) x cross-modal consistency (the share of the text relevance mass inside its mask),
    raised to the power ``sharpness`` (3) so that the most reliable prompts dominate.
 4. Fused mask = weighted mean of the prompts' probabilities > 0.5, computed on the decoder's grid and upsampled
-   once. The lesion's agreement (mean pairwise Dice of the prompts' masks) is reported; ``1 - agreement`` is its
-   uncertainty.
+   once. The lesion's agreement (pairwise Dice of the prompts' masks, weighted by both prompts' weights) is
+   reported; ``1 - agreement`` is its uncertainty.
 5. Lesions are ranked by reliability = proposal strength x the share of the text relevance mass that the fused
    mask holds; a further lesion is kept only when its reliability is at least ``relative`` x
    the best one's (at most ``max_lesions``); overlapping pixels go to the more reliable lesion.
@@ -114,7 +114,7 @@ class FusedLesion:
     logit: torch.Tensor  # (h, w) fused logit on the decoder grid
     box: list[float]  # the lesion's best candidate box
     score: float  # proposal strength of that box
-    agreement: float  # mean pairwise Dice between the prompts' masks
+    agreement: float  # weighted mean pairwise Dice between the prompts' masks
     reliability: float  # what lesions are ranked and kept by (rule 5)
     prompts: list[dict] = field(default_factory=list)  # what was decoded and each prompt's weight
     mask: np.ndarray | None = None  # (rows, cols) bool on the original grid, set by ``aggregate``
@@ -246,7 +246,10 @@ def fuse_prompts(ps: PromptSet, heat: torch.Tensor | None, cluster: list[Candida
     else:
         p = torch.tensordot(w, ps.logits.sigmoid(), dims=1).clamp(1e-6, 1 - 1e-6)
         fused = torch.log(p / (1 - p))
-    agreement = float((dice.sum() - n) / max(n * (n - 1), 1)) if n > 1 else 1.0
+    # Agreement among the prompts that count: pairwise Dice weighted by both prompts' weights (untrained multimask
+    # outputs with ~0 weight do not dilute it).
+    pair = w[:, None] * w[None, :] * (1 - torch.eye(n))
+    agreement = float((pair * dice).sum() / pair.sum()) if n > 1 and pair.sum() > 0 else 1.0
     # Lesions are told apart by how much of the text relevance they hold (training packs: ranking by mask quality
     # or agreement picked the wrong lesion more often than the proposal score; spurious extra lesions held < 20 %).
     reliability = cluster[0].score * float(heat_consistency((fused > 0)[None], heat, "coverage")[0])
