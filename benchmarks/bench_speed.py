@@ -149,7 +149,7 @@ def run_dice(args, backbone) -> None:
     rows = dice_rows(args.dataset, items, backbone, names, RESULTS / f"speed_dice_{tag}.csv")
     summary = summarise_gates(rows, names, {c for _, _, c in items})
     print(f"Dice with ground-truth boxes, {args.dataset}, {backbone.name}@{backbone.version}, "
-          f"{torch.get_num_threads()} torch threads; gate: |Dice - eager| <= {DICE_TOLERANCE}\n")
+          f"gate: |Dice - eager| <= {DICE_TOLERANCE}\n")
     print("| runtime | images | Dice mean | delta vs eager | gate | encode ms (median) | encode time / eager |")
     print("|---|---|---|---|---|---|---|")
     for n, s in summary.items():

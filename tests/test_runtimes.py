@@ -50,10 +50,12 @@ def test_auto_follows_the_measured_gates():
     assert choose_auto(tiny, [{**gate, "passed": False}])[0] == "eager"
     assert choose_auto(tiny, [{**gate, "version": "other-checkpoint"}])[0] == "eager"
     assert choose_auto(tiny, [{**gate, "encode_ratio": 1.2}])[0] == "eager"
-    assert choose_auto(tiny, [gate, {**gate, "runtime": "onnx_int8", "encode_ratio": 0.4}])[0] == "onnx_int8"
+    # int8 changes the embedding the proposer and diagnosis also read: never auto, however fast
+    assert choose_auto(tiny, [gate, {**gate, "runtime": "onnx_int8", "encode_ratio": 0.4}])[0] == "onnx"
     # within the speed margin the more exact one wins; an unfinished gate run never switches the default
-    near = {**gate, "runtime": "onnx_int8", "encode_ratio": 0.48, "dice_delta": -0.003}
-    assert choose_auto(tiny, [gate, near])[0] == "onnx"
+    exact = {**gate, "runtime": "eager", "encode_ratio": 1.0}
+    assert choose_auto(tiny, [{**gate, "dice_delta": -0.003}, exact])[0] == "onnx"
+    assert choose_auto(tiny, [{**gate, "dice_delta": -0.003, "encode_ratio": 0.95}, exact])[0] == "eager"
     assert choose_auto(tiny, [{**gate, "complete": False}])[0] == "eager"
 
 

@@ -165,7 +165,9 @@ def build_onnx(backbone: Backbone, cache_dir: str | Path | None = None) -> OnnxR
     return OnnxRuntime("onnx", export_fp32(backbone, cache_dir), decoder=build_decoder(backbone, cache_dir))
 
 
-@register_runtime("onnx_int8", _cpu_only, "ONNX Runtime CPU, dynamic int8 quantisation of the fp32 export")
+@register_runtime("onnx_int8", _cpu_only, "ONNX Runtime CPU, dynamic int8 quantisation of the fp32 export",
+                  not_for_auto="it changes the embedding by ~17 % (relative L2), and the embedding also feeds the "
+                               "proposer and the diagnosis features, which the sam Dice gate does not measure")
 def build_onnx_int8(backbone: Backbone, cache_dir: str | Path | None = None) -> OnnxRuntime:
     from radvlsm.runtimes.onnx_decoder import build_decoder
 

@@ -41,15 +41,18 @@ class RuntimeSpec:
     build: Callable[..., EncoderRuntime]  # (backbone, cache_dir=...) -> runtime
     supported: Callable[[Backbone], str | None]  # None if usable, else the reason it is not
     description: str
+    #: why ``auto`` must never pick it even if its Dice gate passed (None: eligible)
+    not_for_auto: str | None = None
 
 
 _REGISTRY: dict[str, RuntimeSpec] = {}
 
 
-def register_runtime(name: str, supported: Callable[[Backbone], str | None], description: str
+def register_runtime(name: str, supported: Callable[[Backbone], str | None], description: str,
+                     not_for_auto: str | None = None
                      ) -> Callable[[Callable[..., EncoderRuntime]], Callable[..., EncoderRuntime]]:
     def wrap(fn: Callable[..., EncoderRuntime]) -> Callable[..., EncoderRuntime]:
-        _REGISTRY[name] = RuntimeSpec(name, fn, supported, description)
+        _REGISTRY[name] = RuntimeSpec(name, fn, supported, description, not_for_auto)
         return fn
 
     return wrap
@@ -80,7 +83,7 @@ def choose_auto(backbone: Backbone, gates: list[dict] | None = None) -> tuple[st
     device = backbone.device.type
     passed = [g for g in gates if g["backbone"] == backbone.name and g["version"] == backbone.version
               and g["device"] == device and g["passed"] and g.get("complete", True) and g["runtime"] in specs
-              and specs[g["runtime"]].supported(backbone) is None]
+              and specs[g["runtime"]].supported(backbone) is None and specs[g["runtime"]].not_for_auto is None]
     if not passed:
         return "eager", f"no runtime passed the Dice gate for {backbone.name}@{backbone.version} on {device}"
     fastest = min(g["encode_ratio"] for g in passed)
