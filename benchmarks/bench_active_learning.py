@@ -3,9 +3,9 @@
     python benchmarks/bench_active_learning.py [--pool 200] [--eval 100] [--rounds 4] [--k 25] [--epochs 2]
         [--strategies uncertainty random] [--prompts box|text] [--work DIR]
 
-Start from the shipped LiteMedSAM decoder. Each round a strategy picks ``k`` unlabelled images from a pool drawn
-from BUS-BRA folds 1-4 (``random.Random(0).sample``, ``--pool`` images); their reference masks stand in for the
-clinician's corrections; the trainer runs as the ``/train/radvlsm`` task does (all labels so far, hash split,
+Start from the shipped LiteMedSAM decoder. Each round a strategy picks ``k`` unlabelled images from a pool (the
+first ``--pool`` images of BUS-BRA folds 1-4 after ``random.Random(0).shuffle``); their reference masks stand in
+for the clinician's corrections; the trainer runs as the ``/train/radvlsm`` task does (all labels so far, hash split,
 publish only if not worse, continuing from the served version); then the served decoder is evaluated on the
 first ``--eval`` images of BUS-BRA fold 5. ``uncertainty`` ranks the unlabelled pool images by the product's
 scoring method (text pipeline, phrase "lesion"): scored once under the shipped decoder, or under the current
@@ -57,7 +57,8 @@ class Loop:
                                   checkpoint=str(ROOT / "model" / "qformer_lite" / "qformer_lite.pt"))
         self.pipeline = RadVLSMPipeline(self.predictor, proposer, None)
         pool = busbra({1, 2, 3, 4})
-        self.pool = {case: (img, mask) for img, mask, case in random.Random(0).sample(pool, min(args.pool, len(pool)))}
+        random.Random(0).shuffle(pool)  # a larger --pool extends a smaller one (embeddings are reused)
+        self.pool = {case: (img, mask) for img, mask, case in pool[: args.pool]}
         self.eval = busbra({5})[: args.eval]
         self.shipped = decoder_state(self.predictor.backbone)
 
