@@ -126,7 +126,7 @@ def test_gate_refuses_a_worse_model(tmp_path, fresh):
         Image.fromarray(mask).save(tmp_path / f"{i}.png")
         samples.append(sample(i, tmp_path / f"{i}.png"))
     store = DecoderStore(tmp_path / "store")
-    res = fine_tune(fresh, samples, store, TrainConfig(epochs=3, lr=1e-3, batch_size=3))
+    res = fine_tune(fresh, samples, store, TrainConfig(epochs=2, lr=1e-3, batch_size=3, clicks=False))
     assert not res.published and res.dice_after < res.dice_before
     assert store.current() == SHIPPED and store.versions() == []
     assert store.read_stats()["status"] == "done" and store.read_stats()["published"] is False
