@@ -1,7 +1,9 @@
-"""Tune the aggregation rule on TRAINING images (BUS-BRA folds 1-4, Kvasir train), never on the report sets.
+"""Tune the aggregation rule on TRAINING images (BUS-BRA folds 1-4, Kvasir train), never on the report sets,
+and by default only on the training images the shipped proposer held back (``scripts/proposer_heldback.py``): on
+the images it trained on, its relevance maps are better than on new images, which flatters the text terms.
 
-    python scripts/tune_aggregation.py collect --n 150 --sets busbra-train kvasir-train   # slow: encodes, decodes
-    python scripts/tune_aggregation.py rules                                              # fast: rules from the packs
+    python scripts/tune_aggregation.py collect --n 60 --sets heldback-kvasir-train heldback-busbra-train   # slow
+    python scripts/tune_aggregation.py rules                                                                # fast
 
 ``collect`` stores, per image, everything a rule needs on the decoder's low-resolution grid (cropped to the
 image): the reference mask, the qformer_lite relevance map, every candidate (top 3, as the pipeline) with its
@@ -24,6 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from benchmarks.datasets import load  # noqa: E402
 from radvlsm import aggregation as agg  # noqa: E402
@@ -38,6 +41,16 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
+def dataset(name: str) -> tuple[list, str]:
+    """Items and pack folder of a set; ``heldback-<set>``: the images the shipped proposer never trained on."""
+    if name.startswith("heldback-"):
+        from proposer_heldback import heldback
+
+        base = name.removeprefix("heldback-")
+        return heldback()[base], base
+    return load(name), name
+
+
 def collect(args) -> None:
     from radvlsm.models import build_backbone
     from radvlsm.predictor import SegmentPredictor
@@ -47,11 +60,11 @@ def collect(args) -> None:
     proposer = build_proposer("qformer_lite", predictor=predictor)
     cfg = agg.AggregationConfig(scales=COLLECT_SCALES, shift=0.0)  # every scale any rule below may use
     for name in args.sets:
-        items = load(name)
+        items, folder = dataset(name)
         items = list(items)
         random.Random(1).shuffle(items)  # a fixed order: a larger --n extends a smaller run's packs
         items = items[: args.n]
-        out = args.out / name
+        out = args.out / folder
         out.mkdir(parents=True, exist_ok=True)
         for i, (img_path, mask_path, case) in enumerate(items):
             dst = out / f"{case}.pt"
@@ -113,6 +126,9 @@ def rules(args) -> None:
         "default, m0 outputs only": (replace(base, multimask=False), sel0),
         "box only, m0": (replace(base, scales=(), multimask=False), sel0),
         "box only, m0, no text terms": (replace(base, scales=(), multimask=False, heat_weight=False), sel0),
+        "no fusion (best box's mask)": (replace(base, fuse=False), sel0),
+        "no fusion, lesions ranked by proposal score": (replace(base, fuse=False), replace(sel0, use_quality=False)),
+        "no fusion, one lesion": (replace(base, fuse=False), replace(sel0, max_lesions=1)),
     }
     for scales in ((0.9, 1.1), (1.1, 1.2), (0.9, 1.1, 1.2, 1.3), COLLECT_SCALES):
         for term in ("mean", "coverage", "dice"):
@@ -120,7 +136,9 @@ def rules(args) -> None:
                 variants[f"scales {'/'.join(map(str, scales))}, {term}, sharp {sharp:g}"] = (
                     replace(base, scales=scales, prompt_text_term=term, sharpness=sharp), sel0)
     for name in args.sets:
-        packs = sorted((args.out / name).glob("*.pt"))
+        items, folder = dataset(name)
+        cases = {case for _, _, case in items}
+        packs = sorted(p for p in (args.out / folder).glob("*.pt") if p.stem in cases)
         if not packs:
             continue
         scores: dict[str, list[float]] = {"top-1 box": [], **{k: [] for k in variants}}
@@ -145,7 +163,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["collect", "rules"])
     ap.add_argument("--n", type=int, default=150)
-    ap.add_argument("--sets", nargs="+", default=["busbra-train", "kvasir-train"])
+    ap.add_argument("--sets", nargs="+", default=["heldback-busbra-train", "heldback-kvasir-train"],
+                    help="dataset presets; heldback-<preset>: only the images the shipped proposer never trained on")
     ap.add_argument("--out", type=Path, default=PACKS)
     args = ap.parse_args()
     collect(args) if args.command == "collect" else rules(args)

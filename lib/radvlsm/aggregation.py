@@ -45,6 +45,9 @@ class AggregationConfig:
     heat_weight: bool = True
     #: how a prompt's mask is scored against the relevance map (see ``heat_consistency``)
     prompt_text_term: str = "coverage"
+    #: fuse the prompts into the lesion's mask; off: the mask is the lesion's best box alone (SAM's single mask),
+    #: and the other prompts still give its agreement (uncertainty) -- see the README for when each wins
+    fuse: bool = True
     #: keep only the single most reliable prompt instead of the weighted vote (an ablation)
     best_only: bool = False
     #: weights are raised to this power before normalising (>1 trusts the most reliable prompts more)
@@ -241,7 +244,9 @@ def fuse_prompts(ps: PromptSet, heat: torch.Tensor | None, cluster: list[Candida
     strength = torch.as_tensor(ps.strengths, dtype=torch.float32)
     w = (strength * ious.clamp(min=0) * stab * consistency * cross) ** cfg.sharpness
     w = w / w.sum() if w.sum() > 0 else torch.full((n,), 1 / n)
-    if cfg.best_only:
+    if not cfg.fuse:
+        fused = ps.logits[0]  # the best box's single mask ("box/m0": decode_clusters puts it first)
+    elif cfg.best_only:
         fused = ps.logits[int(w.argmax())]
     else:
         p = torch.tensordot(w, ps.logits.sigmoid(), dims=1).clamp(1e-6, 1 - 1e-6)
