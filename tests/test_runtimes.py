@@ -18,6 +18,7 @@ from radvlsm.models import build_backbone
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.runtimes import available_runtimes, build_runtime, choose_auto
 from radvlsm.runtimes import onnx as onnx_rt
+from radvlsm.runtimes.registry import GATES, load_gates
 from radvlsm.service import SamService
 from tests.conftest import SAMPLES, dice, tight_box
 
@@ -57,6 +58,18 @@ def test_auto_follows_the_measured_gates():
     assert choose_auto(tiny, [{**gate, "dice_delta": -0.003}, exact])[0] == "onnx"
     assert choose_auto(tiny, [{**gate, "dice_delta": -0.003, "encode_ratio": 0.95}, exact])[0] == "eager"
     assert choose_auto(tiny, [{**gate, "complete": False}])[0] == "eager"
+
+
+def test_committed_gates_are_measured_data_and_auto_follows_them(lite):
+    doc = json.loads(GATES.read_text())
+    assert "bench_speed.py --dice" in doc["command"] and "rule" in doc
+    gates = [g for g in load_gates() if g["backbone"] == "litemedsam" and g["version"] == lite.version]
+    assert {"eager", "onnx", "onnx_int8"} <= {g["runtime"] for g in gates}
+    for g in gates:  # each verdict is the rule applied to the recorded numbers
+        assert g["passed"] == (abs(g["dice_delta"]) <= 0.005) and 0 < g["images"] <= g["dataset_size"]
+    name, why = choose_auto(lite)
+    chosen = [g for g in gates if g["runtime"] == name]
+    assert name == "eager" or (chosen[0]["passed"] and chosen[0]["complete"]), why
 
 
 def _tiny_checkpoint(path, seed: int) -> str:
