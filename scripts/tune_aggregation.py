@@ -42,12 +42,19 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def dataset(name: str) -> tuple[list, str]:
-    """Items and pack folder of a set; ``heldback-<set>``: the images the shipped proposer never trained on."""
+    """Items and pack folder of a set; ``heldback-<set>``: the images the shipped proposer never trained on;
+    ``seen-<set>``: the ones it trained on."""
     if name.startswith("heldback-"):
         from proposer_heldback import heldback
 
         base = name.removeprefix("heldback-")
         return heldback()[base], base
+    if name.startswith("seen-"):  # the training images the shipped proposer learnt (biased: for comparison only)
+        from proposer_heldback import heldback
+
+        base = name.removeprefix("seen-")
+        held = {case for _, _, case in heldback()[base]}
+        return [it for it in load(base) if it[2] not in held], base
     return load(name), name
 
 
@@ -164,7 +171,8 @@ def main() -> None:
     ap.add_argument("command", choices=["collect", "rules"])
     ap.add_argument("--n", type=int, default=150)
     ap.add_argument("--sets", nargs="+", default=["heldback-busbra-train", "heldback-kvasir-train"],
-                    help="dataset presets; heldback-<preset>: only the images the shipped proposer never trained on")
+                    help="dataset presets; heldback-<preset>: only the images the shipped proposer never trained on; "
+                         "seen-<preset>: only those it trained on")
     ap.add_argument("--out", type=Path, default=PACKS)
     args = ap.parse_args()
     collect(args) if args.command == "collect" else rules(args)
