@@ -41,6 +41,9 @@ class Image2D:
     origin: tuple[float, float] = (0.0, 0.0)
     direction: tuple[float, ...] = (1.0, 0.0, 0.0, 1.0)
     source: str = ""
+    # A single-slice 3D volume (Slicer saves 2D images so, DICOM gives a slice position): its full (spacing,
+    # origin, direction), so that a label written back lands on the same plane, not at z = 0.
+    volume_geometry: tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]] | None = None
     _digest: str | None = field(default=None, repr=False)
 
     @property
@@ -128,7 +131,11 @@ def _load_itk(path: Path) -> Image2D:
     d = img.GetDirection()
     dim = img.GetDimension()
     direction = tuple(float(v) for v in (d[0], d[1], d[dim], d[dim + 1]))
-    return Image2D(_check_pixels(arr, path.name), spacing, origin, direction, source=str(path))
+    volume = None
+    if dim == 3:
+        volume = (tuple(map(float, img.GetSpacing())), tuple(map(float, img.GetOrigin())), tuple(map(float, d)))
+    return Image2D(_check_pixels(arr, path.name), spacing, origin, direction, source=str(path),
+                   volume_geometry=volume)
 
 
 def load_image(path: str | Path) -> Image2D:
@@ -183,8 +190,13 @@ def save_mask(mask: np.ndarray, path: str | Path, like: Image2D | None = None) -
         else:
             import SimpleITK as sitk
 
-            img = sitk.GetImageFromArray(mask)
-            if like is not None:
+            volume = like.volume_geometry if like is not None else None
+            img = sitk.GetImageFromArray(mask[None] if volume else mask)
+            if volume:  # same dimension and plane as the source volume
+                img.SetSpacing(volume[0])
+                img.SetOrigin(volume[1])
+                img.SetDirection(volume[2])
+            elif like is not None:
                 img.SetSpacing(like.spacing)
                 img.SetOrigin(like.origin)
                 img.SetDirection(like.direction)

@@ -59,10 +59,23 @@ class DiagnosisService:
         self.default_text = default_text
 
     def run(self, request: dict[str, Any]) -> LabelResult:
+        """The JSON, and the lesion mask(s) it diagnosed as the label (lesion i = i+1), so that clients that
+        expect a file with every result (Slicer's plugin) get one and the user sees what was described."""
         image = load_request_image(request)
-        return LabelResult(None, image, self.diagnose(image, request))
+        out, masks = self.diagnose_masks(image, request)
+        label = None
+        if masks:
+            label = np.zeros(image.shape, np.uint8)
+            for i, m in enumerate(masks):
+                label[(m > 0) & (label == 0)] = i + 1
+            # the label's values are lesions, not the benign/malignant classes of the prediction
+            out["label_names"] = {"lesion" if len(masks) == 1 else f"lesion {i + 1}": i + 1 for i in range(len(masks))}
+        return LabelResult(label, image, out)
 
     def diagnose(self, image: Any, request: dict[str, Any]) -> dict[str, Any]:
+        return self.diagnose_masks(image, request)[0]
+
+    def diagnose_masks(self, image: Any, request: dict[str, Any]) -> tuple[dict[str, Any], list[np.ndarray]]:
         if self.pipeline.diagnoser is None:
             raise InputError("model", "no diagnosis head is loaded (model/diagnosis/head.json is missing)")
         label_path = request.get("label")
@@ -79,7 +92,7 @@ class DiagnosisService:
             if not lesion_masks:
                 out = classification_json([])
                 out.update(mask_source=source, message=res.result["message"], pipeline=pipeline_json)
-                return out
+                return out, []
         enc = self.pipeline.predictor.encode(image)
         diagnoses = [self.pipeline.diagnoser.diagnose(image, m, embedding=enc) for m in lesion_masks]
         out = classification_json(diagnoses)
@@ -88,4 +101,4 @@ class DiagnosisService:
             out["pipeline"] = {k: pipeline_json[k] for k in ("text", "match_score", "latencies_ms")}
         if not any(d.ok for d in diagnoses):
             out["message"] = diagnoses[0].to_text()
-        return out
+        return out, lesion_masks

@@ -9,6 +9,7 @@ import numpy as np
 
 from radvlsm.errors import InputError
 from radvlsm.geometry import box_to_slicer_roi
+from radvlsm.markups import roi_markups
 from radvlsm.params import get_bool, get_int
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.proposals.base import BoxProposer, Proposal
@@ -87,4 +88,7 @@ class ProposalService:
             heats = [p.heatmap for p in proposals if p.heatmap is not None]
             if heats:
                 label = np.rint(np.max(heats, axis=0) * 255).astype(np.uint8)
-        return LabelResult(label, image, result)
+        cands = result["candidates"]
+        markups = roi_markups([c["box"] for c in cands], image, [f"lesion {i + 1}" for i in range(len(cands))],
+                              [f"'{result['text']}' score {c['score']:.2f}" for c in cands])
+        return LabelResult(label, image, result, markups=markups)

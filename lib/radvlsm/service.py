@@ -6,6 +6,7 @@ is the label array, the loaded image (for its geometry) and a JSON-serialisable 
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -30,6 +31,7 @@ class LabelResult:
     label: np.ndarray | None  # (rows, cols) integer labels; None when the task returns JSON only
     image: Image2D
     result: dict[str, Any]
+    markups: dict[str, Any] | None = None  # boxes as Slicer markups (the file a detection task returns)
 
 
 def load_request_image(request: dict[str, Any]) -> Image2D:
@@ -49,6 +51,14 @@ def result_extension(request: dict[str, Any], image: Image2D) -> str:
     if ext not in RESULT_EXTENSIONS:
         raise InputError("result_extension", f"must be one of {RESULT_EXTENSIONS}, got {ext!r}")
     return ext
+
+
+def write_markups(markups: dict[str, Any]) -> str:
+    """Write a Slicer markups document to a temporary ``.json`` file the server streams back (and deletes)."""
+    fd, path = tempfile.mkstemp(prefix="radvlsm-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(markups, f)
+    return path
 
 
 def write_label(label: np.ndarray, image: Image2D, request: dict[str, Any]) -> str:

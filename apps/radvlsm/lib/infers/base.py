@@ -6,7 +6,7 @@ from typing import Any
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
-from radvlsm.service import write_label
+from radvlsm.service import write_label, write_markups
 
 
 class ServiceInfer(InferTask):
@@ -22,10 +22,12 @@ class ServiceInfer(InferTask):
 
     def __call__(self, request):
         res = self.service.run(request)
-        res.result["label_names"] = self.labels
+        res.result.setdefault("label_names", self.labels)
         predictor = getattr(self.service, "predictor", None) or getattr(getattr(self.service, "pipeline", None),
                                                                         "predictor", None)
         if predictor is not None:  # which (possibly fine-tuned) decoder made this result
             res.result.setdefault("decoder_version", predictor.decoder_version)
-        path = write_label(res.label, res.image, request) if res.label is not None else None
-        return path, res.result
+        if res.label is not None:
+            return write_label(res.label, res.image, request), res.result
+        # a detection answers with its boxes as markups: Slicer's plugin loads a .json result as ROI nodes
+        return (write_markups(res.markups) if res.markups is not None else None), res.result
