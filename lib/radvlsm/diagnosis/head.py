@@ -127,10 +127,16 @@ class Diagnoser:
     the ``roi`` view (``head.meta["visual_views"]``); its cache makes repeated diagnoses of a mask cheap.
     """
 
-    def __init__(self, head: Head, model_dir: str | Path = "", encoder: Callable[[Image2D], Encoded] | None = None):
+    def __init__(self, head: Head, model_dir: str | Path = "", encoder: Callable[[Image2D], Encoded] | None = None,
+                 store: Any = None):
         self.head = head
+        self.shipped = head
         self.model_dir = str(model_dir)
         self.encoder = encoder
+        # a HeadStore of site-recalibrated heads (radvlsm.diagnosis.recalibrate): followed live, like the decoder
+        self.store = store
+        self.version = "shipped"
+        self._stamp: Any = None
         self.views = list(head.meta.get("visual_views", ["full"]))
         want = head.meta.get("radiomics_config_sha")
         if want and want != config_digest():
@@ -138,8 +144,20 @@ class Diagnoser:
         self._config = load_config()
 
     @classmethod
-    def load(cls, model_dir: str | Path, encoder: Callable[[Image2D], Encoded] | None = None) -> Diagnoser:
-        return cls(Head.load(model_dir), model_dir, encoder)
+    def load(cls, model_dir: str | Path, encoder: Callable[[Image2D], Encoded] | None = None,
+             store: Any = None) -> Diagnoser:
+        return cls(Head.load(model_dir), model_dir, encoder, store)
+
+    def refresh(self) -> str:
+        """Serve the store's current head if its pointer changed (one ``stat``); returns the served version."""
+        if self.store is None:
+            return self.version
+        stamp = self.store.pointer_stamp()
+        if stamp != self._stamp:
+            version = self.store.current()
+            head = self.shipped if version == "shipped" else self.store.load_head(version)
+            self.head, self.version, self._stamp = head, version, stamp
+        return self.version
 
     def visual_vector(self, image: Image2D, mask: np.ndarray, embedding: Encoded) -> np.ndarray | None:
         """The head's visual input (views concatenated), or None when a view cannot be computed."""
@@ -169,6 +187,7 @@ class Diagnoser:
         without the ``encoder`` a ``roi`` view needs) the radiomics-only branch answers (``mode`` says which).
         Too little lesion gives ``status`` = ``not_enough_lesion`` rather than an exception.
         """
+        self.refresh()
         h = self.head
         try:
             stats = check_mask(mask, image.shape, self._config)
@@ -202,5 +221,5 @@ class Diagnoser:
         contribs.sort(key=lambda c: -abs(c.logit))
         return DiagnosisResult(
             "ok", prob, "malignant" if prob >= threshold else "benign", threshold, mode, contribs,
-            float(baseline), stats.to_dict(), model=self.name,
+            float(baseline), stats.to_dict(), model=self.name, version=self.version,
         )

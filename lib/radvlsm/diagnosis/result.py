@@ -43,6 +43,7 @@ class DiagnosisResult:
     mask: dict[str, Any] = field(default_factory=dict)
     message: str = ""
     model: str = ""
+    version: str = "shipped"  # the head that answered: "shipped" or a site-recalibrated "v000N"
 
     @property
     def ok(self) -> bool:

@@ -3,7 +3,7 @@ checkpoints live.
 
 How a diagnosis label travels: with the corrected mask, as the label's info JSON, e.g.
 ``PUT /datastore/label?image=ID&tag=final`` with form field ``params={"pathology": "malignant"}``; any other value
-(or none) means "not given". The trainer counts them; fine-tuning the diagnosis head on them is not done yet.
+(or none) means "not given". The ``diagnosis`` train task recalibrates the diagnosis head on them.
 """
 
 from __future__ import annotations
@@ -51,3 +51,11 @@ def default_trained_dir(studies: str, app_dir: str) -> str:
 def decoder_store(trained_dir: str | Path, backbone: str) -> DecoderStore:
     """One store per backbone: ``<trained_dir>/<backbone>/sam_decoder``."""
     return DecoderStore(Path(trained_dir) / backbone / "sam_decoder")
+
+
+def head_store(trained_dir: str | Path, backbone: str):
+    """Site-recalibrated diagnosis heads: ``<trained_dir>/<backbone>/diagnosis_head`` (its visual branch reads
+    that backbone's embedding)."""
+    from radvlsm.diagnosis.recalibrate import HeadStore
+
+    return HeadStore(Path(trained_dir) / backbone / "diagnosis_head")

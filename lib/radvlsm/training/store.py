@@ -61,8 +61,14 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 class DecoderStore:
     """The versioned checkpoints of one backbone's prompt encoder + mask decoder."""
 
+    payload_suffix = ".pt"  # a version's weights file; its metadata is always ``<version>.json``
+    kind = "decoder"
+
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser()
+
+    def payload(self, version: str) -> Path:
+        return self.root / f"{version}{self.payload_suffix}"
 
     @property
     def pointer(self) -> Path:
@@ -75,7 +81,8 @@ class DecoderStore:
     def versions(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        names = [p.stem for p in self.root.glob("v*.pt") if _VERSION.match(p.stem)]
+        cut = len(self.payload_suffix)
+        names = [p.name[:-cut] for p in self.root.glob(f"v*{self.payload_suffix}") if _VERSION.match(p.name[:-cut])]
         return sorted(names, key=lambda n: int(n[1:]))
 
     def current(self) -> str:
@@ -84,7 +91,7 @@ class DecoderStore:
             name = self.pointer.read_text().strip()
         except OSError:
             return SHIPPED
-        return name if name == SHIPPED or (self.root / f"{name}.pt").is_file() else SHIPPED
+        return name if name == SHIPPED or self.payload(name).is_file() else SHIPPED
 
     def pointer_stamp(self) -> tuple[int, int] | None:
         """``(mtime_ns, inode)`` of the pointer: a cheap change test for every decode."""
@@ -102,36 +109,40 @@ class DecoderStore:
 
     def load(self, version: str) -> dict[str, Any]:
         """``{"state": {part.key: tensor}, "backbone": ..., "backbone_version": ...}`` of a published version."""
-        return torch.load(self.root / f"{version}.pt", map_location="cpu", weights_only=True)
+        return torch.load(self.payload(version), map_location="cpu", weights_only=True)
 
     def publish(self, state: dict[str, torch.Tensor], backbone: str, backbone_version: str,
                 meta: dict[str, Any]) -> str:
         """Write a new version beside the old ones, then point ``current`` at it (both atomic)."""
+        payload = {"state": {k: v.detach().cpu() for k, v in state.items()}, "backbone": backbone,
+                   "backbone_version": backbone_version}
+        return self.publish_payload(lambda tmp: torch.save(payload, tmp),
+                                    {**meta, "backbone": backbone, "backbone_version": backbone_version})
+
+    def publish_payload(self, write, meta: dict[str, Any]) -> str:
+        """``write(tmp_path)`` the next version's payload; it is renamed into place, its metadata written, and
+        ``current`` pointed at it last (all atomic), so a reader never sees a half-published version."""
         self.root.mkdir(parents=True, exist_ok=True)
         with self._file_lock(".publish.lock", blocking=True):
             existing = self.versions()
             version = f"v{(int(existing[-1][1:]) + 1 if existing else 1):04d}"
-            payload = {"state": {k: v.detach().cpu() for k, v in state.items()}, "backbone": backbone,
-                       "backbone_version": backbone_version}
-            fd, tmp = tempfile.mkstemp(prefix=f".{version}.", suffix=".pt.tmp", dir=self.root)
+            fd, tmp = tempfile.mkstemp(prefix=f".{version}.", suffix=f"{self.payload_suffix}.tmp", dir=self.root)
             os.close(fd)
             try:
-                torch.save(payload, tmp)
-                os.replace(tmp, self.root / f"{version}.pt")
+                write(tmp)
+                os.replace(tmp, self.payload(version))
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
-            atomic_write_json(self.root / f"{version}.json",
-                              {**meta, "version": version, "backbone": backbone,
-                               "backbone_version": backbone_version, "published_at": time.time()})
+            atomic_write_json(self.root / f"{version}.json", {**meta, "version": version, "published_at": time.time()})
             atomic_write_bytes(self.pointer, f"{version}\n".encode())
-        logger.info(f"radvlsm: published decoder {version} in {self.root}")
+        logger.info(f"radvlsm: published {self.kind} {version} in {self.root}")
         return version
 
     def restore(self, version: str) -> None:
         """Serve an earlier version again (or ``shipped``); running servers pick it up on their next decode."""
-        if version != SHIPPED and not (self.root / f"{version}.pt").is_file():
-            raise ValueError(f"no decoder version '{version}' in {self.root}; have {self.versions() + [SHIPPED]}")
+        if version != SHIPPED and not self.payload(version).is_file():
+            raise ValueError(f"no {self.kind} version '{version}' in {self.root}; have {self.versions() + [SHIPPED]}")
         atomic_write_bytes(self.pointer, f"{version}\n".encode())
 
     def write_stats(self, stats: dict[str, Any]) -> None:

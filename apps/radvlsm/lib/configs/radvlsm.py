@@ -29,8 +29,11 @@ def shared_pipeline(conf: dict[str, str], model_dir: str) -> RadVLSMPipeline:
         diagnoser = None
         if os.path.exists(os.path.join(head_dir, "head.json")):
             from radvlsm.diagnosis import Diagnoser
+            from radvlsm.training.datastore import head_store
 
-            diagnoser = Diagnoser.load(head_dir)
+            # site-recalibrated heads (POST /train/diagnosis) are followed live, as the decoder is
+            store = head_store(conf["trained_dir"], predictor.backbone.name) if conf.get("trained_dir") else None
+            diagnoser = Diagnoser.load(head_dir, store=store)
         else:
             logger.warning(f"radvlsm: no diagnosis head in {head_dir}; diagnosis is off")
         _pipelines[key] = RadVLSMPipeline(predictor, proposer, diagnoser)
@@ -64,7 +67,12 @@ class DiagnosisConfig(RadVLSMConfig):
         return diagnosis_infer(DiagnosisService(self.pipeline, self.conf.get("text", "lesion")))
 
     def trainer(self):
-        return None  # fine-tuning the diagnosis head is not done yet
+        """``/train/diagnosis``: recalibrates the shared diagnosis head on final labels with a pathology."""
+        from lib.trainers.diagnosis import DiagnosisTrain
+        from radvlsm.training.datastore import head_store
+
+        backbone = self.pipeline.predictor.backbone.name
+        return DiagnosisTrain(lambda: self.pipeline, head_store(self.conf["trained_dir"], backbone))
 
     def scoring_method(self):
         return None

@@ -1,0 +1,85 @@
+"""The ``diagnosis`` train task (``POST /train/diagnosis``): recalibrate the diagnosis head on the final labels
+that carry a pathology (logic in :mod:`radvlsm.diagnosis.recalibrate`); the infer tasks follow the published
+head live (``head_version`` in their result)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+from monailabel.interfaces.tasks.train import TrainTask
+
+from radvlsm.diagnosis.recalibrate import HeadStore, LabelledLesion, branch_logits, recalibrate
+from radvlsm.io import load_image, load_mask
+from radvlsm.params import get_int
+from radvlsm.training import TrainingBusy
+from radvlsm.training.data import lesion_components
+from radvlsm.training.datastore import samples_from_datastore
+
+logger = logging.getLogger(__name__)
+DESCRIPTION = ("Recalibrate the diagnosis head's fusion layer on final labels saved with a pathology "
+               "(params {\"pathology\": \"benign\"|\"malignant\"}); published only if the held-back log-loss is "
+               "not worse. Options: strength (prior weight, 5), tolerance (0), max_images (0 = all).")
+
+
+def _float(request: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+    value = request.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{name}: expected a number, got {value!r:.60}")
+    try:
+        out = float(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: expected a number, got {value!r:.60}") from exc
+    if not lo <= out <= hi:
+        raise ValueError(f"{name}: must be between {lo:g} and {hi:g}, got {out:g}")
+    return out
+
+
+class DiagnosisTrain(TrainTask):
+    def __init__(self, pipeline: Callable[[], Any], store: HeadStore):
+        super().__init__(DESCRIPTION)
+        self.pipeline = pipeline
+        self.store = store
+
+    def config(self) -> dict[str, Any]:
+        return {"strength": 5.0, "tolerance": 0.0, "max_images": 0}
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.store.read_stats(), "served_version": self.store.current(), "versions": self.store.versions()}
+
+    def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any]:
+        start = time.time()
+        try:
+            strength = _float(request, "strength", 5.0, 1e-6, 1e6)
+            tolerance = _float(request, "tolerance", 0.0, 0.0, 10.0)
+            limit = get_int(request, "max_images", 0, 0, 10**6) or None
+            with self.store.training_lock():
+                pipeline = self.pipeline()
+                diagnoser = pipeline.diagnoser
+                if diagnoser is None:
+                    raise ValueError("no diagnosis head is loaded (model/diagnosis/head.json is missing)")
+                base = diagnoser.refresh()
+                samples = [s for s in samples_from_datastore(datastore) if s.pathology][:limit]
+                self.store.write_stats({"status": "running", "started": start, "images": len(samples)})
+                lesions, skipped = [], []
+                for s in samples:
+                    image = load_image(s.image_path)
+                    parts = lesion_components(load_mask(s.mask_path, image.shape) > 0)
+                    logits = branch_logits(diagnoser, image, parts[0], pipeline.predictor.encode(image)) if parts \
+                        else None
+                    if logits is None:
+                        skipped.append(s.image_id)
+                        continue
+                    lesions.append(LabelledLesion(s.image_id, *logits, s.pathology == "malignant"))
+                res = recalibrate(diagnoser.head, lesions, self.store, strength, tolerance, base_version=base)
+            out = {"status": "done", "task": "diagnosis", **res.to_json(), "skipped": skipped,
+                   "seconds": round(time.time() - start, 1), "served_version": self.store.current()}
+            logger.info(f"radvlsm diagnosis training: {out}")
+            self.store.write_stats(out)
+            return out
+        except (ValueError, TrainingBusy) as exc:
+            self.store.write_stats({"status": "failed", "error": str(exc), "started": start})
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"radvlsm diagnosis training: {exc}") from exc
