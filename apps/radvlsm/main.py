@@ -52,6 +52,14 @@ class RadVLSMApp(MONAILabelApp):
         # pipeline runs, so it is opt-in here (--conf auto_scoring true); POST /scoring/uncertainty scores on demand.
         self._auto_update_scoring = conf.get("auto_scoring", "false").lower() == "true"
 
+    def _init_dicomweb_datastore(self):
+        """``--studies http(s)://.../dicom-web``: MONAI Label's DICOMweb datastore made to work with 2D images and
+        without dcmqi (which MONAI Label would download from GitHub at start-up): lib/dicomweb.py."""
+        from lib.dicomweb import make_dicomweb_datastore
+
+        logger.info(f"radvlsm: DICOMweb datastore {self.studies}")
+        return make_dicomweb_datastore(self.studies)
+
     def init_batch_infer(self) -> PreAnnotateBatch:
         """``/batch/infer/<task>``: pre-annotate unlabelled images, resumable, progress in the log."""
         return PreAnnotateBatch()
