@@ -1,13 +1,14 @@
-"""``python -m radvlsm.training list|restore STORE_DIR [VERSION]``: see or roll back the served decoder.
+"""``python -m radvlsm.training list|restore STORE_DIR [VERSION]``: see or roll back a served model.
 
-STORE_DIR is e.g. ``<studies>/.radvlsm/trained/litemedsam/sam_decoder``; a running server picks a restored
-version up on its next request.
+STORE_DIR is e.g. ``<studies>/.radvlsm/trained/litemedsam/sam_decoder`` (the decoder) or ``.../diagnosis_head``
+(the recalibrated diagnosis head); a running server picks a restored version up on its next request.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from radvlsm.training.store import SHIPPED, DecoderStore
 
@@ -19,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("version", nargs="?")
     args = ap.parse_args(argv)
     store = DecoderStore(args.store)
+    if Path(args.store).name == "diagnosis_head" or any(Path(args.store).glob("v*.head.json")):
+        from radvlsm.diagnosis.recalibrate import HeadStore
+
+        store = HeadStore(args.store)
     if args.action == "restore":
         if not args.version:
             ap.error("restore needs a VERSION (e.g. v0001, or shipped)")
@@ -29,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"served: {store.current()}")
     for v in [*store.versions(), SHIPPED]:
         meta = store.metadata(v) if v != SHIPPED else {}
-        print(f"  {v}: " + json.dumps({k: meta[k] for k in ("dice_before", "dice_after", "train_images") if k in meta}))
+        keys = ("dice_before", "dice_after", "train_images", "recalibration")
+        print(f"  {v}: " + json.dumps({k: meta[k] for k in keys if k in meta}))
     return 0
 
 
