@@ -60,6 +60,14 @@ class RadVLSMApp(MONAILabelApp):
         logger.info(f"radvlsm: DICOMweb datastore {self.studies}")
         return make_dicomweb_datastore(self.studies)
 
+    def info(self):
+        """``labels`` as a list of names ordered by value, as MONAI Label builds it when an app names none: OHIF's
+        MONAI Label panel appends to it (a dict stops the panel at "connect"); 3D Slicer reads either."""
+        meta = super().info()
+        if isinstance(meta.get("labels"), dict):
+            meta["labels"] = [k for k, _ in sorted(meta["labels"].items(), key=lambda kv: kv[1])]
+        return meta
+
     def init_batch_infer(self) -> PreAnnotateBatch:
         """``/batch/infer/<task>``: pre-annotate unlabelled images, resumable, progress in the log."""
         return PreAnnotateBatch()
