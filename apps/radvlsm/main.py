@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
 import tempfile
 
 from fastapi import HTTPException
@@ -16,16 +18,27 @@ from monailabel.interfaces.tasks.train import TrainTask
 import lib.configs
 from lib.activelearning import STRATEGY_TASKS
 from lib.batch import PreAnnotateBatch
+from lib.datastore import SafeLocalDatastore
 from radvlsm.errors import CheckpointError, InputError
+from radvlsm.io import set_max_pixels
+from radvlsm.params import check_id, get_bool
 from radvlsm.training.datastore import default_trained_dir
 
 logger = logging.getLogger(__name__)
 
 
+#: MONAI Label saves an upload as ``tempfile.NamedTemporaryFile(suffix=ext).name``: ``tmp`` + 8 random characters.
+_UPLOAD_NAME = re.compile(r"tmp[a-z0-9_]{8}(\.[^/\\]*)?")
+
+
 def _is_upload(path: str) -> bool:
-    """Uploaded files are saved by the server in the temp dir; any other path is treated as a datastore id."""
-    real = os.path.realpath(path)
-    return os.path.isfile(real) and os.path.dirname(real) == os.path.realpath(tempfile.gettempdir())
+    """Uploaded files are saved by the server in the temp dir under a ``tmpXXXXXXXX`` name; any other path is
+    treated as a datastore id. A symlink resolves elsewhere and so is not an upload."""
+    if not os.path.isfile(path) or os.path.islink(path):
+        return False
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    named = _UPLOAD_NAME.fullmatch(os.path.basename(path)) is not None
+    return named and folder == os.path.realpath(tempfile.gettempdir())
 
 
 class RadVLSMApp(MONAILabelApp):
@@ -36,6 +49,8 @@ class RadVLSMApp(MONAILabelApp):
         unknown = sorted(set(names) - set(available))
         if unknown:
             raise ValueError(f"unknown models {unknown}; available: {sorted(available)}")
+        if conf.get("max_pixels"):  # images over this many pixels are refused from their header (422)
+            set_max_pixels(int(conf["max_pixels"]))
         model_dir = conf.get("model_dir") or os.path.join(os.path.dirname(app_dir.rstrip("/")), "..", "model")
         self.model_dir = os.path.realpath(model_dir)
         conf.setdefault("trained_dir", default_trained_dir(studies, app_dir))  # decoders learned from corrections
@@ -51,6 +66,23 @@ class RadVLSMApp(MONAILabelApp):
         # MONAI Label rescores every image after each train / next-sample request; on CPU that is minutes of
         # pipeline runs, so it is opt-in here (--conf auto_scoring true); POST /scoring/uncertainty scores on demand.
         self._auto_update_scoring = conf.get("auto_scoring", "false").lower() == "true"
+        server = sys.modules.get("monailabel.app")  # only inside `monailabel start_server`, not in train workers
+        if server is not None:
+            from lib.guards import install
+
+            upload_mb = float(conf.get("max_upload_mb", "512"))
+            install(server.app, self, int(upload_mb * 2**20) if upload_mb > 0 else None,
+                    [a.strip() for a in conf.get("auth_algorithms", "RS256").split(",") if a.strip()])
+
+    def init_datastore(self):
+        """Local studies folders get checked ids/tags, validated uploads and atomic writes (lib/datastore.py)."""
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        from monailabel.config import settings
+
+        return SafeLocalDatastore(self.studies, extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+                                  auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+                                  read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
 
     def _init_dicomweb_datastore(self):
         """``--studies http(s)://.../dicom-web``: MONAI Label's DICOMweb datastore made to work with 2D images and
@@ -96,6 +128,13 @@ class RadVLSMApp(MONAILabelApp):
         methods = [m for m in methods if m is not None]
         return {"uncertainty": methods[0]} if methods else {}
 
+    def next_sample(self, request):
+        """An unknown strategy is a 404 naming it (MONAI Label would say 500)."""
+        strategy = request.get("strategy") or "random"
+        if strategy not in self._strategies:
+            raise HTTPException(404, f"strategy: unknown strategy '{strategy}'; available: {sorted(self._strategies)}")
+        return super().next_sample(request)
+
     def on_save_label(self, image_id, label_id):
         """Saved corrections reach the tasks that learn from them at once (e.g. the template bank)."""
         res = super().on_save_label(image_id, label_id)
@@ -111,8 +150,25 @@ class RadVLSMApp(MONAILabelApp):
             raise HTTPException(404, f"model: unknown model '{model}'; available: {sorted(self._infers)}")
         image = request.get("image")
         if isinstance(image, str) and image and not _is_upload(image):
+            try:
+                check_id(image, "image")  # a datastore id, never a path (a params "image" could be one)
+            except InputError as exc:
+                raise HTTPException(422, str(exc)) from exc
             if not (datastore or self.datastore()).get_image_uri(image):
                 raise HTTPException(404, f"image: no image with id '{image}' in the datastore")
+        if datastore is None and get_bool(request, "save_label", False):
+            # over HTTP, /infer needs only the user role; writing labels is PUT /datastore/label (annotator role).
+            # The batch task passes its datastore and keeps saving its pre-annotations.
+            raise HTTPException(422, "save_label: /infer does not write to the datastore; save a label with "
+                                     "PUT /datastore/label")
+        label = request.get("label")
+        if isinstance(label, str) and label and not _is_upload(label) and not re.search(r"[/\\]|\.\.", label):
+            # Slicer's deepgrow sends the segment's name as ``label`` (e.g. "lesion"): a name, not a mask.
+            request = {k: v for k, v in request.items() if k != "label"}
+            request["label_name"] = label
+        elif label is not None and not (isinstance(label, str) and _is_upload(label)):
+            raise HTTPException(422, "label: must be an uploaded file (the 'label' form field) or a segment "
+                                     f"name, not a path (got {label!r:.80})")
         if model == "diagnosis" and isinstance(image, str) and not request.get("label"):
             stored = (datastore or self.datastore()).get_label_uri(image, "final")
             if stored:  # the clinician's corrected mask, when there is one

@@ -17,8 +17,24 @@ import numpy as np
 
 from radvlsm.errors import ImageReadError
 
-#: Images larger than this many pixels (rows x cols) are refused rather than exhausting memory.
+#: Images larger than this many pixels (rows x cols) are refused rather than exhausting memory. The size is read
+#: from the file's header before any pixel is decoded (PNG/JPG/TIFF via Pillow's lazy open, NIfTI/NRRD/DICOM via
+#: SimpleITK's ``ReadImageInformation``). The server sets it from ``--conf max_pixels``.
 MAX_PIXELS = int(os.environ.get("RADVLSM_MAX_PIXELS", 8192 * 8192))
+
+
+def set_max_pixels(limit: int) -> int:
+    """Change the pixel limit (``--conf max_pixels``); Pillow's own decompression-bomb limit is raised to match."""
+    global MAX_PIXELS
+    limit = int(limit)
+    if limit < 4:
+        raise ValueError(f"max_pixels must be at least 4, got {limit}")
+    MAX_PIXELS = limit
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit
+    return MAX_PIXELS
 
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 ITK_SUFFIXES = {".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom"}
@@ -71,17 +87,22 @@ class Image2D:
         return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+def _check_size(rows: int, cols: int, source: str) -> None:
+    """Refuse degenerate and over-limit sizes (called on the header's size, before decoding, and after)."""
+    if rows < 2 or cols < 2:
+        raise ImageReadError(f"{source}: image is {cols}x{rows} pixels (width x height); at least 2x2 is needed")
+    if rows * cols > MAX_PIXELS:
+        raise ImageReadError(f"{source}: image is {cols}x{rows} pixels (width x height), over the limit of "
+                             f"{MAX_PIXELS} pixels (--conf max_pixels / RADVLSM_MAX_PIXELS)")
+
+
 def _check_pixels(pixels: np.ndarray, source: str) -> np.ndarray:
     if pixels.ndim == 2:
         pixels = pixels[..., None]
     if pixels.ndim != 3:
         raise ImageReadError(f"{source}: expected a 2D image, got array shape {list(pixels.shape)}")
     rows, cols = pixels.shape[:2]
-    if rows < 2 or cols < 2:
-        raise ImageReadError(f"{source}: image is {rows}x{cols} pixels; at least 2x2 is needed")
-    if rows * cols > MAX_PIXELS:
-        raise ImageReadError(f"{source}: image is {rows}x{cols} pixels, over the limit of {MAX_PIXELS} "
-                             "(set RADVLSM_MAX_PIXELS to change it)")
+    _check_size(rows, cols, source)
     pixels = pixels.astype(np.float32, copy=False)
     if not np.all(np.isfinite(pixels)):
         raise ImageReadError(f"{source}: image contains NaN or infinite values")
@@ -92,14 +113,20 @@ def _load_pil(path: Path) -> Image2D:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # lazy: only the header is read here
+            _check_size(im.height, im.width, path.name)
             im.load()
             if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
                 im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
             if im.mode == "RGBA" or im.mode == "LA":
                 im = im.convert("RGB" if im.mode == "RGBA" else "L")
             arr = np.array(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, raised by open() above its limit
+        raise ImageReadError(f"{path.name}: image is over the limit of {MAX_PIXELS} pixels "
+                             f"(--conf max_pixels / RADVLSM_MAX_PIXELS) ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageReadError(f"{path.name}: not a readable image ({exc})") from exc
     return Image2D(_check_pixels(arr, path.name), source=str(path))
 
@@ -117,11 +144,58 @@ def _squeeze_to_2d(arr: np.ndarray, is_vector: bool, source: str) -> np.ndarray:
     return arr
 
 
+def _check_nifti(path: Path) -> None:
+    """ITK's NIfTI reader pads a truncated file (``.nii`` or ``.nii.gz``) with zeros and reads NaN as 0, silently:
+    check with nibabel (header only, then a streamed pass) that all the data is there and, for float data, finite."""
+    import gzip
+    import zlib
+
+    try:
+        import nibabel as nib
+        from nibabel.filebasedimages import ImageFileError
+    except ImportError:  # nibabel comes with MONAI; without it ITK's own checks are all there is
+        return
+    try:
+        nii = nib.load(str(path))
+        header = nii.header
+        need = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+        if str(path).lower().endswith(".gz"):
+            got = 0
+            with gzip.open(path, "rb") as fin:
+                while chunk := fin.read(1 << 20):
+                    got += len(chunk)
+        else:
+            got = path.stat().st_size
+    except (OSError, EOFError, zlib.error, ValueError, ImageFileError) as exc:
+        raise ImageReadError(f"{path.name}: not a readable image ({exc})") from exc
+    if got < need:
+        raise ImageReadError(f"{path.name}: not a readable image (truncated: {got} bytes of data where the header "
+                             f"needs {need})")
+    if header.get_data_dtype().kind == "f":
+        data = nii.dataobj
+        for start in range(0, data.shape[0], 512):  # bounded memory
+            if not np.all(np.isfinite(np.asarray(data[start:start + 512]))):
+                raise ImageReadError(f"{path.name}: image contains NaN or infinite values")
+
+
 def _load_itk(path: Path) -> Image2D:
     import SimpleITK as sitk
 
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        img = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()  # the header only: refuse 3D stacks and huge images before the pixels
+        size = reader.GetSize()  # (x, y[, z])
+        if len(size) > 3 or (len(size) == 3 and size[2] != 1):
+            slices = size[2] if len(size) == 3 else "x".join(str(v) for v in size[2:])
+            raise ImageReadError(
+                f"{path.name}: a 3D volume with {slices} slices was given to a 2D task; send one slice "
+                "(a 2D file, or a volume with a single slice)"
+            )
+        _check_size(int(size[1]) if len(size) > 1 else 1, int(size[0]), path.name)
+        if file_suffix(path) in (".nii", ".nii.gz"):
+            _check_nifti(path)
+        img = reader.Execute()
     except RuntimeError as exc:
         raise ImageReadError(f"{path.name}: not a readable image ({str(exc).strip().splitlines()[-1]})") from exc
     is_vector = img.GetNumberOfComponentsPerPixel() > 1
@@ -205,3 +279,41 @@ def save_mask(mask: np.ndarray, path: str | Path, like: Image2D | None = None) -
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _partial_name(dest: Path) -> Path:
+    """A hidden sibling temp name whose suffix matches no image pattern (datastore watchers ignore it)."""
+    return dest.parent / f".{dest.name}.{os.getpid()}.{os.urandom(4).hex()}.partial"
+
+
+def atomic_copy(src: str | Path, dest: str | Path) -> Path:
+    """Copy ``src`` to ``dest`` so that ``dest`` is either the old file or the complete new one, never half
+    written: copy to a temp file in the same folder, flush to disk, then rename over ``dest``."""
+    import shutil
+
+    dest = Path(dest)
+    tmp = _partial_name(dest)
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def atomic_write_text(dest: str | Path, text: str) -> Path:
+    """Write ``text`` to ``dest`` atomically (temp file, fsync, rename)."""
+    dest = Path(dest)
+    tmp = _partial_name(dest)
+    try:
+        with open(tmp, "w") as fout:
+            fout.write(text)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest

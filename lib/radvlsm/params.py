@@ -45,3 +45,29 @@ def get_choice(params: dict[str, Any], name: str, default: str, choices: set[str
     if not isinstance(value, str) or value not in choices:
         raise InputError(name, f"must be one of {sorted(choices)}, got {value!r:.60}")
     return value
+
+
+#: Characters allowed in a label tag (a directory name under ``labels/``).
+_TAG_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+
+
+def check_id(value: Any, name: str = "image", max_len: int = 255) -> str:
+    """An image/label/session id names one file or folder *inside* a store: no path separators, no ``..``,
+    not absolute, no NUL, at most ``max_len`` characters. Anything else is an :class:`InputError`."""
+    if not isinstance(value, str) or not value:
+        raise InputError(name, f"expected a non-empty id string, got {value!r:.60}")
+    if len(value) > max_len:
+        raise InputError(name, f"id is {len(value)} characters long; at most {max_len} are allowed")
+    if "/" in value or "\\" in value or "\0" in value:
+        raise InputError(name, f"id {value!r:.80} contains a path separator; give an id, not a path")
+    if ".." in value or value.strip() in (".", ""):
+        raise InputError(name, f"id {value!r:.80} contains '..' or is not a name")
+    return value
+
+
+def check_tag(value: Any, name: str = "tag") -> str:
+    """A label tag (``final``, ``original``, ...): letters, digits, ``_``, ``-`` and ``.``, no ``..``."""
+    tag = check_id(value, name, max_len=64)
+    if not set(tag) <= _TAG_CHARS or tag.startswith("."):
+        raise InputError(name, f"tag {tag!r:.80} may hold only letters, digits, '_', '-' and '.'")
+    return tag

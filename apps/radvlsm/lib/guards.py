@@ -1,0 +1,219 @@
+"""Request guards on MONAI Label's FastAPI app: bad input is a 4xx naming the field, before anything is written.
+
+MONAI Label 0.8.5 answers several bad requests with a 500 (unknown train model / strategy / scoring method, a
+``params`` form field that is not JSON, a missing image in ``PUT /datastore/label``) or accepts them (image ids and
+label tags with ``../`` are joined into paths). The app installs, when it runs inside the server:
+
+* :class:`RequestGuard`, an ASGI middleware that checks, before the body is read: the request size (413 over
+  ``--conf max_upload_mb``), the ids in the query (``image``, ``id``, ``label``, ``session_id``: names, not paths),
+  the label ``tag``, and the task named in the path (``/infer/<model>``, ``/train/<model>``,
+  ``/batch/infer/<model>``, ``/activelearning/<strategy>``, ``/scoring/<method>``: 404 if unknown; skipped when
+  authentication is on, so that an unauthenticated caller gets 401 and learns no task names);
+* ``PUT``/``DELETE /model/<name>`` (MONAI Label: replace or remove a model's weight file, annotator role,
+  written in place): 405, the decoder is published only by training (atomic, versioned);
+* exception handlers: radvlsm's :class:`~radvlsm.errors.InputError` -> 422 with its message, a JSON form field
+  that does not parse -> 422, MONAI Label's image/label-not-found -> 404;
+* a check that the JSON form fields of ``/infer`` and ``/datastore`` (``params``, ``info``) are JSON objects: MONAI
+  Label's endpoint functions (looked up by name when a request comes) are wrapped so that ``params=[1]`` or
+  ``params=5`` is a 422 instead of a TypeError (500) inside ``dict.update``;
+* with ``MONAI_LABEL_AUTH_ENABLE``, MONAI Label's bearer-token check with the signing algorithms pinned (see
+  :func:`_patch_token_check`: as shipped it refuses every token under PyJWT 2.x).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import HTTPException
+from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from radvlsm.errors import InputError
+from radvlsm.params import check_id, check_tag
+
+logger = logging.getLogger(__name__)
+
+ID_PARAMS = ("image", "id", "label", "session_id")
+#: path prefix -> (which of the app's registries names the task, what the task is called in messages)
+TASK_PATHS = {
+    "/infer/wsi/": ("_infers", "model"),
+    "/infer/": ("_infers", "model"),
+    "/batch/infer/": ("_infers", "model"),
+    "/train/": ("_trainers", "model"),
+    "/activelearning/": ("_strategies", "strategy"),
+    "/scoring/": ("_scoring_methods", "method"),
+}
+
+
+def _detail(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+class RequestGuard:
+    """Pure ASGI middleware (no body buffering): refuses a bad request before the endpoint runs."""
+
+    def __init__(self, app, radvlsm_app: Any, max_upload_bytes: int | None):
+        self.app = app
+        self.radvlsm_app = radvlsm_app
+        self.max_upload_bytes = max_upload_bytes
+        from monailabel.config import settings
+
+        self.auth_enabled = bool(settings.MONAI_LABEL_AUTH_ENABLE)
+
+    def check(self, scope: dict) -> JSONResponse | None:
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if self.max_upload_bytes is not None and length and length.isdigit() \
+                and int(length) > self.max_upload_bytes:
+            return _detail(413, f"file: the request is {int(length) / 2**20:.1f} MB, over the limit of "
+                                f"{self.max_upload_bytes / 2**20:.0f} MB (--conf max_upload_mb)")
+        try:
+            for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+                if key in ID_PARAMS and value:
+                    check_id(value, key)
+                elif key == "tag" and value:
+                    check_tag(value, "tag")
+        except InputError as exc:
+            return _detail(422, str(exc))
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        if scope.get("method") in ("PUT", "DELETE") and path.startswith("/model/"):
+            return _detail(405, "model: weight files are not uploaded or deleted over REST in radvlsm (MONAI Label "
+                                "would let the annotator role overwrite them in place); the decoder is published by "
+                                "/train/radvlsm and restored with `python -m radvlsm.training restore`")
+        if scope.get("method") != "POST" or self.auth_enabled:
+            return None  # with authentication on, the endpoint's role check answers first (no task list leaks)
+        for prefix, (registry, what) in TASK_PATHS.items():
+            if path.startswith(prefix):
+                name = path[len(prefix):].strip("/")
+                if not name or "/" in name:
+                    return None
+                available = getattr(self.radvlsm_app, registry, None) or {}
+                if name not in available:
+                    return _detail(404, f"{what}: unknown {what} '{name}'; available: {sorted(available)}")
+                return None
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            response = self.check(scope)
+            if response is not None:
+                logger.info(f"refused {scope.get('method')} {scope.get('path')}: {response.body.decode()[:300]}")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+    return _detail(422, str(exc))
+
+
+async def _json_error(request: Request, exc: json.JSONDecodeError) -> JSONResponse:
+    return _detail(422, f"params: a JSON form field (params / info) is not valid JSON ({exc})")
+
+
+async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    return _detail(404, str(getattr(exc, "msg", exc)))
+
+
+def _json_object_field(fn, field: str):
+    """Wrap a MONAI Label endpoint function so that its JSON form ``field`` must parse to a JSON object."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        value = sig.bind_partial(*args, **kwargs).arguments.get(field)
+        if isinstance(value, str) and value.strip():
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise HTTPException(422, f"{field}: not valid JSON ({exc})") from exc
+            if not isinstance(parsed, dict):
+                raise HTTPException(422, f"{field}: expected a JSON object {{...}}, got {type(parsed).__name__}")
+        return fn(*args, **kwargs)
+
+    wrapper.radvlsm_guard = True
+    return wrapper
+
+
+def _wrap_endpoints() -> None:
+    from monailabel.endpoints import datastore as ep_datastore
+    from monailabel.endpoints import infer as ep_infer
+
+    for module, name, field in [(ep_infer, "run_inference", "params"), (ep_datastore, "add_image", "params"),
+                                (ep_datastore, "save_label", "params"), (ep_datastore, "update_image_info", "info"),
+                                (ep_datastore, "update_label_info", "info")]:
+        fn = getattr(module, name, None)
+        if fn is None or getattr(fn, "radvlsm_guard", False):
+            continue
+        if field not in inspect.signature(fn).parameters:
+            logger.warning(f"radvlsm: {module.__name__}.{name} has no '{field}' argument; not wrapped")
+            continue
+        setattr(module, name, _json_object_field(fn, field))
+
+
+def _patch_token_check(algorithms: list[str]) -> None:
+    """MONAI Label 0.8.5 decodes the bearer token with ``jwt.decode(token, key, options=...)`` and no
+    ``algorithms``; PyJWT 2.x then refuses every token ("It is required that you pass in a value for the
+    algorithms argument"), so with ``MONAI_LABEL_AUTH_ENABLE`` nobody gets in. Same check, with the algorithms
+    pinned (Keycloak signs with RS256), ``exp`` required, and an unreachable realm a 503 instead of a 500."""
+    import jwt
+    import requests
+    from monailabel.config import settings
+    from monailabel.endpoints.user import auth
+
+    if getattr(auth.from_token, "radvlsm_guard", False):
+        return
+
+    def from_token(token: str):
+        if not settings.MONAI_LABEL_AUTH_ENABLE:
+            return auth.DEFAULT_USER
+        try:
+            key = auth.get_public_key(settings.MONAI_LABEL_AUTH_REALM_URI)
+        except requests.RequestException as exc:
+            raise HTTPException(503, f"auth: cannot fetch the realm's public key ({exc})") from exc
+        payload = jwt.decode(token, key, algorithms=algorithms,
+                             options={"verify_signature": True, "verify_aud": False, "verify_exp": True,
+                                      "require": ["exp"]})
+        roles: Any = payload
+        for part in settings.MONAI_LABEL_AUTH_TOKEN_ROLES.split("#"):
+            roles = roles.get(part) if isinstance(roles, dict) else None
+        return auth.User(username=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_USERNAME) or "",
+                         email=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_EMAIL),
+                         name=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_NAME),
+                         roles=[r for r in roles if isinstance(r, str)] if isinstance(roles, list) else [])
+
+    from_token.radvlsm_guard = True
+    auth.from_token = from_token
+
+
+def install(fastapi_app, radvlsm_app: Any, max_upload_bytes: int | None,
+            auth_algorithms: list[str] | None = None) -> None:
+    """Add the guard and the handlers to MONAI Label's FastAPI app. The app is built during the server's
+    lifespan start-up, after Starlette built its middleware stack; resetting the stack makes the next request
+    rebuild it with these (Starlette builds it lazily on the first call)."""
+    fastapi_app.add_exception_handler(InputError, _input_error)
+    fastapi_app.add_exception_handler(json.JSONDecodeError, _json_error)
+    fastapi_app.add_exception_handler(ImageNotFoundException, _not_found)
+    fastapi_app.add_exception_handler(LabelNotFoundException, _not_found)
+    fastapi_app.user_middleware = [m for m in fastapi_app.user_middleware if m.cls is not RequestGuard]
+    fastapi_app.user_middleware.insert(0, Middleware(RequestGuard, radvlsm_app=radvlsm_app,
+                                                     max_upload_bytes=max_upload_bytes))
+    if max_upload_bytes is not None and hasattr(fastapi_app, "max_body_size"):
+        fastapi_app.max_body_size = max_upload_bytes  # also bounds chunked bodies that carry no Content-Length
+    _wrap_endpoints()
+    from monailabel.config import settings
+
+    if settings.MONAI_LABEL_AUTH_ENABLE:
+        _patch_token_check(auth_algorithms or ["RS256"])
+    fastapi_app.middleware_stack = None
+    logger.info(f"radvlsm: request guard installed (uploads up to {max_upload_bytes} bytes)")
