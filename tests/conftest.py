@@ -52,7 +52,7 @@ class Server:
 
 
 def start_server(tmp: Path, conf: dict[str, str] | None = None, env: dict[str, str] | None = None,
-                 timeout: float = 180) -> Server:
+                 timeout: float = 180, headers: dict[str, str] | None = None) -> Server:
     studies = tmp / "studies"
     if not studies.exists():
         shutil.copytree(SAMPLES / "images", studies)
@@ -71,7 +71,7 @@ def start_server(tmp: Path, conf: dict[str, str] | None = None, env: dict[str, s
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            if requests.get(f"{url}/info/", timeout=2).ok:
+            if requests.get(f"{url}/info/", timeout=2, headers=headers).ok:  # headers: a token when auth is on
                 return Server(url, studies, log, proc)
         except requests.RequestException:
             pass
