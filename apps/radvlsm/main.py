@@ -100,6 +100,15 @@ class RadVLSMApp(MONAILabelApp):
             meta["labels"] = [k for k, _ in sorted(meta["labels"].items(), key=lambda kv: kv[1])]
         return meta
 
+    def on_init_complete(self):
+        """``/docs`` and ``/openapi.json`` describe each task's parameters and result JSON (lib/openapi.py)."""
+        super().on_init_complete()
+        server = sys.modules.get("monailabel.app")  # only inside `monailabel start_server`
+        if server is not None:
+            from lib.openapi import install_openapi
+
+            install_openapi(server.app, self)
+
     def init_batch_infer(self) -> PreAnnotateBatch:
         """``/batch/infer/<task>``: pre-annotate unlabelled images, resumable, progress in the log."""
         return PreAnnotateBatch()

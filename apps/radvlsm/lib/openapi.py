@@ -1,0 +1,172 @@
+"""Per-task documentation in the server's OpenAPI schema (``/docs``, ``/openapi.json``).
+
+MONAI Label 0.8.5 documents ``POST /infer/{model}`` once for every model: ``params`` is a JSON string and the
+result is "{}". Task descriptions and default options are only in ``GET /info``. :func:`install_openapi` rewrites
+that operation in the generated schema: ``model`` lists the tasks served, the description has each task's
+parameters and result fields, and the request body and the JSON response carry one example per task (the result
+examples are real answers of the tasks on ``bus_0075-r``, lists cut to two items: ``openapi_examples.json``;
+``tests/test_server_openapi.py`` checks them against live answers).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES = Path(__file__).with_name("openapi_examples.json")
+
+_RESULT_FILE = ("`result_extension` (`.png`, `.nrrd`, `.nii.gz`, `.nii`, `.mha`; default: the input's format, "
+                "NRRD otherwise), `result_dtype` (`uint8`, `uint16`, ...)")
+_PROMPTS = ("`boxes` `[[x0, y0, x1, y1], ...]` (pixel columns/rows, inclusive); `roi` `[x0, x1, y0, y1, z0, z1]` "
+            "(IJK, as 3D Slicer and OHIF send it; pairs may come max-first); `foreground`, `background` "
+            "`[[x, y, z], ...]` clicks (z ignored)")
+
+#: task -> (parameters, result fields, keys that appear only in some answers)
+TASKS: dict[str, dict[str, Any]] = {
+    "sam": {
+        "params": [
+            ("boxes / roi / foreground / background", "prompts, at least one: " + _PROMPTS),
+            ("multilabel", "bool, default false: box *i* is labelled *i*+1 instead of every lesion 1"),
+            ("multimask", "bool: SAM's three candidate masks, best by predicted IoU (default: on for a lone click)"),
+            ("result_extension, result_dtype", _RESULT_FILE),
+        ],
+        "result": [
+            ("lesions", "per prompt box: `label`, `area_px`, `predicted_iou`, `clicks`, `box` [x0,y0,x1,y1], `roi`"),
+            ("cache_hit, latencies_ms", "whether the image embedding was cached; load/encode/decode/total in ms"),
+            ("backbone, runtime, model_version, decoder_version", "what produced the mask"),
+            ("image_shape, label_names", "[rows, cols]; label values"),
+        ],
+        "optional": [],
+    },
+    "box_proposal": {
+        "params": [
+            ("text", "1-500 characters, default `lesion` (`--conf text`): what to look for"),
+            ("top_k", "1-20, default 3: candidate boxes returned"),
+            ("backend", "`qformer_lite` (default), `template`, `blip2`, or a list of them (candidates merged)"),
+            ("heatmap", "bool: the relevance map (0-255) comes back as the label"),
+            ("refine", "bool, default false: snap boxes to the lesion with one mask-decoder pass"),
+        ],
+        "result": [
+            ("candidates", "best first: `box` [x0,y0,x1,y1], `roi`, `score`, `backend`, `extra`"),
+            ("text, found, match_score", "the phrase, whether it names something in the image, image-text score"),
+            ("backends", "per backend: `match_score`, `n_candidates`, latencies"),
+            ("cache_hit, latencies_ms, image_shape, label_names, decoder_version", "as for `sam`"),
+        ],
+        "optional": ["message"],
+    },
+    "radvlsm": {
+        "params": [
+            ("text, top_k", "as for `box_proposal`"),
+            ("diagnose", "bool, default true: benign/malignant per lesion"),
+            ("max_lesions", "1-20, default 3"),
+            ("boxes / roi / foreground / background", "optional: boxes replace the proposals; clicks refine the "
+                                                      "lesion whose box they fall in. " + _PROMPTS),
+            ("result_extension, result_dtype", _RESULT_FILE),
+        ],
+        "result": [
+            ("lesions", "per lesion (label *i* = *i*+1): `box`, `roi`, `area_px`, `proposal_score`, `reliability`, "
+                        "`agreement`, `uncertainty` = 1 - agreement, `n_prompts`, `prompts` (each decoded prompt: "
+                        "`kind`, `weight` and its factors), `diagnosis`"),
+            ("text, found, match_score, prompt_source", "the phrase and where the boxes came from"),
+            ("encodes, cache_hit, latencies_ms", "1 on a new image, 0 after; per stage in ms"),
+            ("image_shape, runtime, label_names, decoder_version", "as for `sam`"),
+        ],
+        "optional": ["message"],
+    },
+    "diagnosis": {
+        "params": [
+            ("label", "optional uploaded lesion mask (the `label` form field); else the image's saved final label, "
+                      "else the `radvlsm` pipeline's mask"),
+            ("text", "phrase for the pipeline when it supplies the mask"),
+        ],
+        "result": [
+            ("prediction", "MONAI Label's classification form: `[{idx, label, score}]` for benign/malignant"),
+            ("probability_malignant, label", "P(malignant) and the call at the head's threshold"),
+            ("diagnoses", "per lesion: `status`, `probability`, `label`, `threshold`, `contributions` (radiomics and "
+                          "visual descriptors with signed log-odds), `mask`, `summary`, `text`"),
+            ("text", "plain-text report (what Slicer shows)"),
+            ("mask_source, pipeline, head_version, label_names, decoder_version", "where the mask came from"),
+        ],
+        "optional": ["message"],
+    },
+}
+
+
+def load_examples() -> dict[str, dict[str, Any]]:
+    return json.loads(EXAMPLES.read_text())
+
+
+def _description(names: list[str], descriptions: dict[str, str]) -> str:
+    lines = ["Runs one task on a datastore image (`image` = its id; with a DICOMweb datastore the SeriesInstanceUID) "
+             "or on an uploaded `file`. Task options go in the `params` form field as a JSON object. `output`: "
+             "`json` (the result JSON only), `image` (the label file only), `all` (multipart: label file and JSON; "
+             "MONAI Label's default). Bad input is a 4xx whose message names the field. Examples for each task are "
+             "under the request body and the 200 response.", ""]
+    for name in names:
+        doc = TASKS.get(name)
+        lines.append(f"### `{name}`")
+        if descriptions.get(name):
+            lines += [descriptions[name], ""]
+        if doc is None:
+            continue
+        lines += ["| parameter | meaning |", "|---|---|"]
+        lines += [f"| `{p}` | {m} |" for p, m in doc["params"]]
+        lines += ["", "| result field | meaning |", "|---|---|"]
+        lines += [f"| `{p}` | {m} |" for p, m in doc["result"]]
+        if doc["optional"]:
+            lines += ["", "Only in some answers: " + ", ".join(f"`{k}`" for k in doc["optional"]) +
+                      " (e.g. `message` when nothing is found or the mask is too small)."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def document_infer(schema: dict[str, Any], names: list[str], descriptions: dict[str, str]) -> dict[str, Any]:
+    """Rewrite ``POST /infer/{model}`` in an OpenAPI schema (in place; also returned)."""
+    op = schema.get("paths", {}).get("/infer/{model}", {}).get("post")
+    if op is None:
+        logger.warning("radvlsm: no POST /infer/{model} in the OpenAPI schema; task docs not added")
+        return schema
+    examples = load_examples()
+    op["summary"] = "Run a radvlsm task: " + ", ".join(names)
+    op["description"] = _description(names, descriptions)
+    for param in op.get("parameters", []):
+        if param.get("name") == "model" and param.get("in") == "path":
+            param["schema"] = {"type": "string", "enum": names, "title": "Model"}
+            param["description"] = "the task"
+            param["examples"] = {n: {"value": n} for n in names}
+        elif param.get("name") == "image" and param.get("in") == "query":
+            param["description"] = "datastore image id (leave empty when uploading `file`)"
+            param["examples"] = {"local": {"value": "bus_0075-r"}}
+    body = op.get("requestBody", {}).get("content", {}).get("multipart/form-data")
+    if body is not None:
+        body["examples"] = {n: {"summary": f"{n} params", "value": {"params": json.dumps(examples[n]["params"])}}
+                            for n in names if n in examples}
+    ok = op.get("responses", {}).get("200", {})
+    ok["description"] = "the task's result (`output=json`), label file (`output=image`) or both (`output=all`)"
+    json_ok = ok.setdefault("content", {}).setdefault("application/json", {})
+    json_ok["schema"] = {"type": "object", "description": "the task's result JSON (fields per task above)"}
+    json_ok.pop("example", None)
+    json_ok["examples"] = {n: {"summary": f"{n} result on bus_0075-r", "value": examples[n]["result"]}
+                           for n in names if n in examples}
+    return schema
+
+
+def install_openapi(fastapi_app: Any, app: Any) -> None:
+    """Make ``fastapi_app.openapi()`` (``/openapi.json``, ``/docs``) carry the task docs of the app's tasks."""
+    original = fastapi_app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if fastapi_app.openapi_schema:
+            return fastapi_app.openapi_schema
+        schema = original()
+        names = list(app._infers)
+        descriptions = {n: getattr(t, "description", "") or "" for n, t in app._infers.items()}
+        fastapi_app.openapi_schema = document_infer(schema, names, descriptions)
+        return fastapi_app.openapi_schema
+
+    fastapi_app.openapi_schema = None
+    fastapi_app.openapi = openapi
