@@ -104,8 +104,9 @@ def _description(names: list[str], descriptions: dict[str, str]) -> str:
     lines = ["Runs one task on a datastore image (`image` = its id; with a DICOMweb datastore the SeriesInstanceUID) "
              "or on an uploaded `file`. Task options go in the `params` form field as a JSON object. `output`: "
              "`json` (the result JSON only), `image` (the label file only), `all` (multipart: label file and JSON; "
-             "MONAI Label's default). Bad input is a 4xx whose message names the field. Examples for each task are "
-             "under the request body and the 200 response.", ""]
+             "MONAI Label's default; `dicom_seg` is not produced by these tasks: save a final label to a DICOMweb "
+             "datastore to get a DICOM SEG). Bad input is a 4xx whose message names the field. Examples for each task "
+             "are under the request body and the 200 response.", ""]
     for name in names:
         doc = TASKS.get(name)
         lines.append(f"### `{name}`")
