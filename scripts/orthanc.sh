@@ -3,6 +3,8 @@
 # orthanc-dicomweb: scripts/install_dicomweb_test_deps.sh installs them). Storage in work/orthanc/ (kept between runs).
 #   bash scripts/orthanc.sh            # REST http://127.0.0.1:8042, DICOMweb http://127.0.0.1:8042/dicom-web
 # Env: ORTHANC_HTTP_PORT (8042), ORTHANC_DICOM_PORT (4242), ORTHANC_DIR (work/orthanc).
+# HTTP answers loopback clients only; the DICOM port (Orthanc 1.10 has no bind address) accepts no modality until
+# you list one under "DicomModalities" in work/orthanc/orthanc.json (rewritten at each start: edit this script).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="${ORTHANC_DIR:-$ROOT/work/orthanc}"
@@ -18,6 +20,9 @@ cat > "$DIR/orthanc.json" <<JSON
   "DicomPort": ${ORTHANC_DICOM_PORT:-4242},
   "RemoteAccessAllowed": false,
   "AuthenticationEnabled": false,
+  "DicomModalities": {},
+  "DicomAlwaysAllowEcho": false, "DicomAlwaysAllowStore": false, "DicomAlwaysAllowFind": false,
+  "DicomAlwaysAllowMove": false, "DicomAlwaysAllowGet": false,
   "Plugins": ["$PLUGIN"],
   "DicomWeb": {"Enable": true, "Root": "/dicom-web/", "EnableWado": true, "WadoRoot": "/wado", "Ssl": false,
                "StudiesMetadata": "Full", "SeriesMetadata": "Full"}

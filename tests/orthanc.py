@@ -63,6 +63,14 @@ def start_orthanc(tmp: Path, timeout: float = 60) -> Orthanc:
         "DicomAet": "RADVLSMTEST",
         "RemoteAccessAllowed": False,  # HTTP answers loopback clients only
         "AuthenticationEnabled": False,
+        # Orthanc 1.10 has no bind address: its DICOM port listens on every interface, so it accepts no one
+        # (no known modality, nothing allowed by default); the tests use DICOMweb only
+        "DicomModalities": {},
+        "DicomAlwaysAllowEcho": False,
+        "DicomAlwaysAllowStore": False,
+        "DicomAlwaysAllowFind": False,
+        "DicomAlwaysAllowMove": False,
+        "DicomAlwaysAllowGet": False,
         "SaveJobs": False,
         "Plugins": [DICOMWEB_PLUGIN],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "WadoRoot": "/wado", "Ssl": False,

@@ -192,6 +192,7 @@ def test_ohif_panel_runs_radvlsm_and_shows_the_stored_seg(app, orthanc, uids, tm
     assert runs and all(r["status"] == 200 for r in runs) and u["series"] in runs[0]["url"]
     assert panel["panel_drew"] is False  # OHIF's limitation (see the README); this fails once OHIF can draw it
     assert any("Volume Object is NOT In Cache" in line for line in panel["console"]), panel["console"]
+    assert not any("NRRD encoding" in line for line in panel["console"])  # result_compress=false: a raw NRRD
     assert not red_overlay(out / "panel.png", panel["viewport"]).any()
 
     r = requests.post(f"{app.url}/infer/radvlsm", params={"image": u["series"], "output": "image"},

@@ -97,6 +97,7 @@ def test_killed_run_leaves_the_served_decoder(srv):
     while train_stats(srv).get("epoch", 0) < 1 or train_stats(srv).get("status") != "running":
         assert time.time() < deadline, train_stats(srv)
         time.sleep(1)
+    assert sam_version(srv) == "v0001"  # inference while the run trains: answered, on the served decoder
     stopped = requests.delete(f"{srv.url}/train/", timeout=30).json()
     assert stopped["status"] == "STOPPED"
     deadline = time.time() + 20

@@ -70,6 +70,11 @@ def write_label(label: np.ndarray, image: Image2D, request: dict[str, Any]) -> s
     fd, path = tempfile.mkstemp(prefix="radvlsm-", suffix=ext)
     os.close(fd)
     save_mask(label.astype(RESULT_DTYPES[dtype_name]), path, like=image)
+    if ext not in PIL_SUFFIXES and ext != ".nii.gz" and not get_bool(request, "result_compress", True):
+        # MONAI Label's `result_compress`: OHIF asks false (its NRRD reader has no gzip); files are compressed otherwise
+        import SimpleITK as sitk
+
+        sitk.WriteImage(sitk.ReadImage(path), path, useCompression=False)
     return path
 
 

@@ -35,8 +35,9 @@ def load_qformer(path: str | Path, device: str = "cpu") -> tuple[QFormerLite, di
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         model = QFormerLite(QFormerLiteConfig(**ckpt["config"]))
         model.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
-    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"qformer_lite checkpoint {path} could not be loaded ({exc})") from exc
+    except Exception as exc:  # corrupt or truncated files raise many types (UnpicklingError, RuntimeError, ...)
+        raise CheckpointError(f"qformer_lite checkpoint {path} could not be loaded "
+                              f"({type(exc).__name__}: {exc})") from exc
     return model.to(device).eval(), ckpt
 
 
