@@ -215,3 +215,23 @@ def test_ohif_panel_runs_radvlsm_and_shows_the_stored_seg(app, orthanc, uids, tm
     sx = (cols.max() - cols.min() + 1) / (lc.max() - lc.min() + 1)
     assert abs(sx / sy - 1) < 0.1, (sx, sy)
     assert abs(red.sum() / (sx * sy) / label.astype(bool).sum() - 1) < 0.25
+
+
+def test_upload_script_wraps_and_stores_images(orthanc, tmp_path):
+    """scripts/dicomweb_upload.py: Secondary Capture with a given pixel spacing and an Image Plane; a file that is
+    not an image is reported and makes the exit status 1, the others are still stored."""
+    import sys
+
+    (tmp_path / "notes.png").write_text("not an image")
+    image = SAMPLES / "images" / "bus_0017-s.png"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "dicomweb_upload.py"), orthanc.dicomweb, str(image),
+                           str(tmp_path / "notes.png"), "--sop", "sc", "--plane", "--pixel-spacing", "0.1", "0.2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "notes.png" in proc.stderr, proc.stderr
+    path, study, series = proc.stdout.split()
+    assert path == str(image)
+    (ds,) = DICOMwebClient(orthanc.dicomweb).retrieve_series(study, series)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and ds.Modality == "OT"
+    assert [float(v) for v in ds.PixelSpacing] == [0.1, 0.2]
+    assert [float(v) for v in ds.ImagePositionPatient] == [0, 0, 0]
+    assert np.array_equal(ds.pixel_array, np.array(Image.open(image)))
