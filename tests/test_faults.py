@@ -121,3 +121,18 @@ def test_half_written_datastore_file_is_set_aside_and_rebuilt(harness):
     assert len(list(studies.glob("datastore_v2.json.corrupt-*"))) == 1
     assert json.loads((studies / "datastore_v2.json").read_text())["objects"][CASE]["labels"]["final"]
     assert not list(studies.rglob("*.partial"))
+
+
+def test_embedding_cache_is_bounded_by_the_bytes_it_holds():
+    """The predictor caches ``Encoded`` objects: their tensors must count, or ``--conf cache_mb`` bounds nothing and
+    every new image adds 4 MB for good (found by benchmarks/bench_load.py: a 24 MB cache never missed)."""
+    import torch
+
+    from radvlsm.cache import EmbeddingCache
+    from radvlsm.predictor import Encoded
+
+    cache = EmbeddingCache(max_bytes=3 * 4 * 2**20)
+    for i in range(10):
+        cache.get_or_compute(i, lambda: Encoded(torch.zeros(1, 256, 64, 64), (352, 276), (256, 201)))
+    assert len(cache) == 3 and cache.bytes == 3 * 4 * 2**20
+    assert cache.get_or_compute(0, lambda: None)[1] is False and cache.get_or_compute(9, lambda: None)[1] is True

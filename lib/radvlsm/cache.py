@@ -7,6 +7,7 @@ for one key compute it once (the others wait for it).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -23,6 +24,8 @@ def nbytes(value: Any) -> int:
         return sum(nbytes(v) for v in value.values())
     if isinstance(value, (list, tuple)):
         return sum(nbytes(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # e.g. predictor.Encoded
+        return sum(nbytes(getattr(value, f.name)) for f in dataclasses.fields(value))
     return getattr(value, "nbytes", 0)
 
 
