@@ -46,10 +46,10 @@ def classification_json(diagnoses: list[Any]) -> dict[str, Any]:
         out.update(prediction=[{"idx": 0, "label": CLASSES[0], "score": round(1 - p, 4)},
                                {"idx": 1, "label": CLASSES[1], "score": round(p, 4)}],
                    probability_malignant=round(p, 4), label=ok[0].label)
-    if diagnoses:
-        out["head_version"] = diagnoses[0].version
     else:
         out.update(prediction=[], probability_malignant=None, label=None)
+    if diagnoses:
+        out["head_version"] = diagnoses[0].version
     return out
 
 
