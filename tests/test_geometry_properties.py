@@ -3,6 +3,8 @@ mask_to_box, the resize-longest-side mapping to the model frame, box IoU and NMS
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -21,7 +23,10 @@ from radvlsm.geometry import (
 )
 from radvlsm.proposals.boxes import box_iou, heatmap_boxes, nms
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CI draws a fixed (derandomized) sample of 150 examples per test; RADVLSM_HYPOTHESIS_EXAMPLES=3000 explores randomly
+EXPLORE = os.environ.get("RADVLSM_HYPOTHESIS_EXAMPLES")
+FAST = settings(max_examples=int(EXPLORE or 150), deadline=None, derandomize=not EXPLORE,
+                suppress_health_check=[HealthCheck.too_slow])
 coord = st.floats(-5000, 5000, allow_nan=False, allow_infinity=False)
 shapes = st.tuples(st.integers(2, 3000), st.integers(2, 3000))
 
@@ -123,11 +128,14 @@ def test_resize_longest_side_matches_segment_anything_and_keeps_boxes_in_frame(s
 
     ours, theirs = ResizeLongestSide(target), SamResize(target)
     new_h, new_w = ours.new_size(shape)
-    assert (new_h, new_w) == theirs.get_preprocess_shape(shape[0], shape[1], target)
+    sam_h, sam_w = theirs.get_preprocess_shape(shape[0], shape[1], target)
+    # same sizes, except that ours never rounds a side to 0 rows/cols (segment-anything does, e.g. 2 x 1025)
+    assert (new_h, new_w) == (max(1, sam_h), max(1, sam_w))
     assert max(new_h, new_w) == target and min(new_h, new_w) >= 1
     box = np.array([data.draw(box_in(shape))], np.float32)
     scaled = ours.apply_boxes(box, shape)
-    np.testing.assert_allclose(scaled, theirs.apply_boxes(box, shape), rtol=1e-5, atol=1e-3)
+    if min(sam_h, sam_w) >= 1:
+        np.testing.assert_allclose(scaled, theirs.apply_boxes(box, shape), rtol=1e-5, atol=1e-3)
     x0, y0, x1, y1 = scaled[0]
     assert 0 <= x0 <= x1 <= new_w + 1e-3 and 0 <= y0 <= y1 <= new_h + 1e-3
     sx, sy = ours.scale_xy(shape)
