@@ -217,6 +217,12 @@ CASES = [
     ("image_volume", "PUT", "/datastore/image", {"image": "evil_volume"}, None, {"file": "volume_nrrd"}, 422,
      "3D volume"),
     ("image_info_list", "PUT", "/datastore/image/info", {"image": CASE}, "[1]", None, 422, "info"),
+    ("dicom_seg_on_local_studies", "POST", INFER, {"image": CASE, "output": "dicom_seg"}, {"boxes": BOX}, None, 422,
+     "output"),
+    ("no_image_at_all", "POST", INFER, {"output": "json"}, {"boxes": BOX}, None, 422, "image"),
+    ("session_not_an_archive", "PUT", "/session/", {"uncompress": "true"}, None, {"files": "text_file"}, 422,
+     "archive"),
+    ("dataset_without_labels", "GET", "/datastore/dataset", None, None, None, 404, "nothing to archive"),
     ("model_upload", "PUT", "/model/sam", None, None, {"file": "good_png"}, 405, "model"),
     ("model_delete", "DELETE", "/model/radvlsm", None, None, None, 405, "model"),
 ]

@@ -25,7 +25,7 @@ from typing import Any
 
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
-from monailabel.interfaces.exception import ImageNotFoundException
+from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 
 from radvlsm.errors import ImageReadError
 from radvlsm.io import atomic_copy, atomic_write_text, load_image, load_mask
@@ -108,6 +108,11 @@ class SafeLocalDatastore(LocalDatastore):
             self._update_datastore_file(lock=False)
         logger.info(f"Saved label {image_id} ({label_tag}) => {dest}")
         return image_id
+
+    def get_dataset_archive(self, limit_cases: int | None) -> str:
+        if not self.datalist():  # MONAI Label asserts here (500)
+            raise LabelNotFoundException("dataset: no image has a final label yet; there is nothing to archive")
+        return super().get_dataset_archive(limit_cases)
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
         check_tag(label_tag, "tag")

@@ -26,6 +26,7 @@ import functools
 import inspect
 import json
 import logging
+import shutil
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -67,6 +68,14 @@ class RequestGuard:
 
         self.auth_enabled = bool(settings.MONAI_LABEL_AUTH_ENABLE)
 
+    def _dicomweb(self) -> bool:
+        from monailabel.datastore.dicom import DICOMWebDatastore
+
+        try:
+            return isinstance(self.radvlsm_app.datastore(), DICOMWebDatastore)
+        except Exception:  # no datastore yet: let the endpoint decide
+            return True
+
     def check(self, scope: dict) -> JSONResponse | None:
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
@@ -80,6 +89,10 @@ class RequestGuard:
                     check_id(value, key)
                 elif key == "tag" and value:
                     check_tag(value, "tag")
+                elif key == "output" and value == "dicom_seg" and not self._dicomweb():
+                    # MONAI Label runs the inference first, then answers 500 for a local studies folder
+                    raise InputError("output", "dicom_seg needs a DICOMweb datastore (--studies http(s)://...); "
+                                               "use output=image or json")
         except InputError as exc:
             return _detail(422, str(exc))
         path = scope.get("path", "")
@@ -121,6 +134,10 @@ async def _json_error(request: Request, exc: json.JSONDecodeError) -> JSONRespon
     return _detail(422, f"params: a JSON form field (params / info) is not valid JSON ({exc})")
 
 
+async def _not_an_archive(request: Request, exc: Exception) -> JSONResponse:
+    return _detail(422, f"files: uncompress=true needs a zip or tar archive ({exc})")
+
+
 async def _not_found(request: Request, exc: Exception) -> JSONResponse:
     return _detail(404, str(getattr(exc, "msg", exc)))
 
@@ -131,7 +148,12 @@ def _json_object_field(fn, field: str):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        value = sig.bind_partial(*args, **kwargs).arguments.get(field)
+        arguments = sig.bind_partial(*args, **kwargs).arguments
+        if fn.__name__ == "run_inference" and not (arguments.get("file") or arguments.get("image")
+                                                   or arguments.get("session_id")):
+            raise HTTPException(422, "image: no image given (an image id, an uploaded file, or a session_id); "
+                                     "MONAI Label would answer 500")
+        value = arguments.get(field)
         if isinstance(value, str) and value.strip():
             try:
                 parsed = json.loads(value)
@@ -205,6 +227,7 @@ def install(fastapi_app, radvlsm_app: Any, max_upload_bytes: int | None,
     fastapi_app.add_exception_handler(json.JSONDecodeError, _json_error)
     fastapi_app.add_exception_handler(ImageNotFoundException, _not_found)
     fastapi_app.add_exception_handler(LabelNotFoundException, _not_found)
+    fastapi_app.add_exception_handler(shutil.ReadError, _not_an_archive)  # PUT /session/?uncompress=true
     fastapi_app.user_middleware = [m for m in fastapi_app.user_middleware if m.cls is not RequestGuard]
     fastapi_app.user_middleware.insert(0, Middleware(RequestGuard, radvlsm_app=radvlsm_app,
                                                      max_upload_bytes=max_upload_bytes))
