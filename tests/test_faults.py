@@ -24,23 +24,30 @@ from tests.conftest import APP, SAMPLES, start_server
 CASE = "bus_0075-r"
 
 
-@pytest.mark.e2e
-@pytest.mark.parametrize("what", ["backbone_truncated", "qformer_garbage"])
-def test_corrupt_weights_stop_startup_with_a_message_naming_the_file(tmp_path, what):
+def test_truncated_backbone_checkpoint_is_a_clear_error_naming_the_file(tmp_path):
+    """Library level (the server path, SystemExit with this message, is the qformer case below and
+    tests/test_server_sam.py's missing checkpoint)."""
+    from radvlsm.errors import CheckpointError
+    from radvlsm.models import build_backbone
     from radvlsm.models.litemedsam import default_checkpoint
 
-    bad = tmp_path / ("qformer_lite.pt" if what.startswith("qformer") else "litemedsam.pth")
-    if what == "backbone_truncated":
-        bad.write_bytes(Path(default_checkpoint()).read_bytes()[: 2**20])
-    else:
-        bad.write_bytes(b"this is not a checkpoint" * 100)
-    conf = {"models": "box_proposal", "qformer_checkpoint": str(bad)} if what.startswith("qformer") else \
-        {"models": "sam", "checkpoint": str(bad)}
+    bad = tmp_path / "litemedsam.pth"
+    bad.write_bytes(Path(default_checkpoint()).read_bytes()[: 2**20])
+    with pytest.raises(CheckpointError, match="could not be read") as err:
+        build_backbone("litemedsam", checkpoint=str(bad))
+    assert str(bad) in str(err.value)
+
+
+@pytest.mark.e2e
+def test_corrupt_proposer_weights_stop_startup_with_a_message_naming_the_file(tmp_path):
+    bad = tmp_path / "qformer_lite.pt"
+    bad.write_bytes(b"this is not a checkpoint" * 100)
     t0 = time.time()
     with pytest.raises(RuntimeError) as err:
-        start_server(tmp_path, conf=conf)
+        start_server(tmp_path, conf={"models": "box_proposal", "qformer_checkpoint": str(bad)})
     text = str(err.value)
-    assert "server exited" in text and str(bad) in text and "could not be" in text, text[-2000:]
+    assert "server exited" in text and "cannot start task 'box_proposal'" in text, text[-2000:]
+    assert str(bad) in text and "could not be loaded" in text, text[-2000:]
     assert time.time() - t0 < 120
 
 
