@@ -143,3 +143,29 @@ def test_embedding_cache_is_bounded_by_the_bytes_it_holds():
         cache.get_or_compute(i, lambda: Encoded(torch.zeros(1, 256, 64, 64), (352, 276), (256, 201)))
     assert len(cache) == 3 and cache.bytes == 3 * 4 * 2**20
     assert cache.get_or_compute(0, lambda: None)[1] is False and cache.get_or_compute(9, lambda: None)[1] is True
+
+
+def test_start_up_serves_the_last_good_decoder_when_current_is_corrupt(tmp_path):
+    """v0001 good, v0002 published then corrupted on disk: a server starting now serves v0001 (not the shipped
+    decoder); a running server whose ``current`` turns bad keeps what it serves (tests/test_training.py)."""
+    import threading
+
+    import torch
+
+    from radvlsm.models import build_backbone
+    from radvlsm.training import DecoderStore, DecoderWatcher
+    from radvlsm.training.store import decoder_state
+
+    backbone = build_backbone("litemedsam")
+    shipped = decoder_state(backbone)
+    key = "mask_decoder.iou_token.weight"
+    good = {k: v.clone() for k, v in shipped.items()}
+    good[key] += 1
+    store = DecoderStore(tmp_path / "sam_decoder")
+    v1 = store.publish(good, "litemedsam", backbone.version, {})
+    v2 = store.publish(shipped, "litemedsam", backbone.version, {})
+    store.payload(v2).write_bytes(store.payload(v2).read_bytes()[:1000])  # truncated on disk
+    assert store.current() == v2
+    watcher = DecoderWatcher(store, backbone, threading.Lock())
+    assert watcher.refresh() == v1
+    assert torch.equal(decoder_state(backbone)[key], good[key])

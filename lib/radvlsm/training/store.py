@@ -185,7 +185,8 @@ class DecoderWatcher:
 
     ``refresh`` costs one ``stat`` when nothing changed; when the pointer changed it loads the version (or the
     shipped weights, kept in memory at start) under the predictor's lock, so no decode sees half-loaded weights.
-    A checkpoint that cannot be loaded or was trained on another backbone is logged and the served weights stay.
+    A checkpoint that cannot be loaded or was trained on another backbone is logged and the served weights stay;
+    at start-up, when nothing is served yet, the newest earlier version that loads is served (the last good one).
     """
 
     def __init__(self, store: DecoderStore, backbone, lock: threading.Lock):
@@ -206,12 +207,22 @@ class DecoderWatcher:
             if stamp == self._stamp:
                 return self.version
             version = self.store.current()
-            if version != self.version:
-                self._load(version)
+            if version != self.version and not self._load(version) and self.loaded_at is None:
+                self._fall_back_from(version)
             self._stamp = stamp
         return self.version
 
-    def _load(self, version: str) -> None:
+    def _fall_back_from(self, version: str) -> None:
+        """At start-up (nothing loaded yet) a ``current`` that cannot be loaded falls back to the newest earlier
+        version that loads, the last good one, rather than to the shipped weights."""
+        older = [v for v in self.store.versions() if v != version and (
+            version == SHIPPED or not version[1:].isdigit() or int(v[1:]) < int(version[1:]))]
+        for candidate in reversed(older):
+            if self._load(candidate):
+                logger.error(f"radvlsm: serving decoder {candidate}, the newest that loads ('current' is {version})")
+                return
+
+    def _load(self, version: str) -> bool:
         if version == SHIPPED:
             state = self.shipped
         else:
@@ -219,11 +230,11 @@ class DecoderWatcher:
                 ckpt = self.store.load(version)
             except Exception as exc:  # a corrupt file must not take the served model down
                 logger.error(f"radvlsm: decoder {version} could not be loaded ({exc}); keeping {self.version}")
-                return
+                return False
             if ckpt.get("backbone_version") != self.backbone.version:
                 logger.error(f"radvlsm: decoder {version} was trained on backbone {ckpt.get('backbone_version')}, "
                              f"this one is {self.backbone.version}; keeping {self.version}")
-                return
+                return False
             state = ckpt["state"]
         with self.lock:
             for part in PARTS:
@@ -231,3 +242,4 @@ class DecoderWatcher:
                 getattr(self.backbone, part).load_state_dict(sub, strict=True)
         self.version, self.loaded_at = version, time.time()
         logger.info(f"radvlsm: now serving decoder {version} from {self.store.root}")
+        return True
