@@ -100,7 +100,7 @@ def test_onnx_export_is_reused_across_instances_and_restarts_and_rebuilt_for_new
     other = SegmentPredictor(build_backbone("sam_vit_tiny", checkpoint=_tiny_checkpoint(tmp_path / "b.pth", 1)),
                              runtime="onnx", runtime_dir=str(cache))
     assert onnx_rt.EXPORTS["fp32"] == before + 2 and other.runtime.path != path and path.is_file()
-    assert not list(cache.rglob("*.tmp"))  # atomic writes leave no temporary files
+    assert not list(cache.rglob("*.partial"))  # atomic writes leave no temporary files
 
 
 def test_runtime_is_in_the_cache_key_and_the_result_json(tmp_path):

@@ -113,7 +113,7 @@ def test_publish_is_atomic_versioned_and_restorable(tmp_path, predictor, monkeyp
     with pytest.raises(OSError):
         store.publish(state, "litemedsam", predictor.backbone.version, {})
     assert store.current() == SHIPPED and store.versions() == ["v0001", "v0002"]
-    assert not [p for p in store.root.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in store.root.iterdir() if p.name.endswith(".partial")]
 
 
 def test_gate_refuses_a_worse_model(tmp_path, fresh):

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -48,22 +46,12 @@ def overlay(rgb: np.ndarray, label: np.ndarray, result: dict) -> np.ndarray:
     return np.array(im)
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from radvlsm.diagnosis import Diagnoser
     from radvlsm.geometry import Prompts, validate_boxes
-    from radvlsm.io import load_image, save_mask
+    from radvlsm.io import atomic_write, load_image, save_mask
     from radvlsm.models import build_backbone
     from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline
     from radvlsm.predictor import SegmentPredictor
@@ -92,9 +80,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
             continue
         stem = Path(path).name.split(".")[0]
         save_mask(res.label, out / f"{stem}_mask.png", like=image)
-        _atomic_write(out / f"{stem}.json", lambda p, r=res: Path(p).write_text(json.dumps(r.result, indent=2)))
+        atomic_write(out / f"{stem}.json", lambda p, r=res: Path(p).write_text(json.dumps(r.result, indent=2)))
         vis = overlay(image.rgb_uint8(), res.label, res.result)
-        _atomic_write(out / f"{stem}_overlay.png", lambda p, v=vis: Image.fromarray(v).save(p, format="PNG"))
+        atomic_write(out / f"{stem}_overlay.png", lambda p, v=vis: Image.fromarray(v).save(p, format="PNG"))
         lesions = res.result["lesions"]
         summary = "; ".join(
             f"lesion {x['label']}: {x['area_px']} px" + (f", {x['diagnosis']['summary']}" if "diagnosis" in x else "")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -243,20 +243,13 @@ def load_mask(path: str | Path, shape: tuple[int, int] | None = None, field_name
     return np.asarray(px).astype(np.uint8)
 
 
-def _atomic_target(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=file_suffix(path) or ".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def save_mask(mask: np.ndarray, path: str | Path, like: Image2D | None = None) -> Path:
     """Write a ``(rows, cols)`` label atomically (temp file + rename) with ``like``'s geometry."""
     path = Path(path)
     mask = np.asarray(mask).astype(np.uint8)
-    tmp = _atomic_target(path)
-    try:
-        suffix = file_suffix(path)
+    suffix = file_suffix(path)
+
+    def write(tmp: Path) -> None:
         if suffix in PIL_SUFFIXES:
             from PIL import Image
 
@@ -275,45 +268,35 @@ def save_mask(mask: np.ndarray, path: str | Path, like: Image2D | None = None) -
                 img.SetOrigin(like.origin)
                 img.SetDirection(like.direction)
             sitk.WriteImage(img, str(tmp), useCompression=True)
-        os.replace(tmp, path)
+
+    return atomic_write(path, write, suffix=f".partial{suffix or '.tmp'}")  # the writers pick the format by suffix
+
+
+def atomic_write(dest: str | Path, write: Callable[[Path], None], suffix: str = ".partial") -> Path:
+    """Make ``dest`` either the old file or the complete new one, never half written: ``write(tmp)`` into a hidden
+    sibling temp file, flush it to disk, rename it over ``dest``. The default suffix matches no image pattern (so
+    datastore watchers ignore the temp file, and stale ones are recognisable); writers that choose their format
+    by extension pass ``.partial<ext>``."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{os.urandom(4).hex()}{suffix}"
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
-
-
-def _partial_name(dest: Path) -> Path:
-    """A hidden sibling temp name whose suffix matches no image pattern (datastore watchers ignore it)."""
-    return dest.parent / f".{dest.name}.{os.getpid()}.{os.urandom(4).hex()}.partial"
+    return dest
 
 
 def atomic_copy(src: str | Path, dest: str | Path) -> Path:
-    """Copy ``src`` to ``dest`` so that ``dest`` is either the old file or the complete new one, never half
-    written: copy to a temp file in the same folder, flush to disk, then rename over ``dest``."""
+    """Copy ``src`` to ``dest`` atomically (see :func:`atomic_write`)."""
     import shutil
 
-    dest = Path(dest)
-    tmp = _partial_name(dest)
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    return atomic_write(dest, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def atomic_write_text(dest: str | Path, text: str) -> Path:
-    """Write ``text`` to ``dest`` atomically (temp file, fsync, rename)."""
-    dest = Path(dest)
-    tmp = _partial_name(dest)
-    try:
-        with open(tmp, "w") as fout:
-            fout.write(text)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    """Write ``text`` to ``dest`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(dest, lambda tmp: tmp.write_text(text))

@@ -38,6 +38,21 @@ def get_int(params: dict[str, Any], name: str, default: int, lo: int, hi: int) -
     return out
 
 
+def get_float(params: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
+    value = params.get(name, default)
+    if value is None:
+        return default
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        out = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(name, f"expected a number, got {value!r:.60}") from exc
+    if not lo <= out <= hi:  # also refuses NaN
+        raise InputError(name, f"must be between {lo:g} and {hi:g}, got {out:g}")
+    return out
+
+
 def get_choice(params: dict[str, Any], name: str, default: str, choices: set[str] | list[str]) -> str:
     value = params.get(name, default)
     if value is None:

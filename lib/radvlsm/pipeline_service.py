@@ -64,7 +64,7 @@ class DiagnosisService:
         """The JSON, and the lesion mask(s) it diagnosed as the label (lesion i = i+1), so that clients that
         expect a file with every result (Slicer's plugin) get one and the user sees what was described."""
         image = load_request_image(request)
-        out, masks = self.diagnose_masks(image, request)
+        out, masks = self.diagnose(image, request)
         label = None
         if masks:
             label = np.zeros(image.shape, np.uint8)
@@ -74,10 +74,8 @@ class DiagnosisService:
             out["label_names"] = {"lesion" if len(masks) == 1 else f"lesion {i + 1}": i + 1 for i in range(len(masks))}
         return LabelResult(label, image, out)
 
-    def diagnose(self, image: Any, request: dict[str, Any]) -> dict[str, Any]:
-        return self.diagnose_masks(image, request)[0]
-
-    def diagnose_masks(self, image: Any, request: dict[str, Any]) -> tuple[dict[str, Any], list[np.ndarray]]:
+    def diagnose(self, image: Any, request: dict[str, Any]) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """The classification JSON and the lesion masks it described."""
         if self.pipeline.diagnoser is None:
             raise InputError("model", "no diagnosis head is loaded (model/diagnosis/head.json is missing)")
         label_path = request.get("label")

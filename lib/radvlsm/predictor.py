@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 
 from radvlsm.cache import EmbeddingCache
 from radvlsm.geometry import Prompts, ResizeLongestSide
-from radvlsm.io import Image2D
+from radvlsm.io import Image2D, atomic_write
 from radvlsm.models.registry import Backbone
 from radvlsm.runtimes import EncoderRuntime, build_runtime
 
@@ -142,11 +141,9 @@ class SegmentPredictor:
         path = self._disk_path(image)
         if path is None or path.exists():
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"embedding": enc.embedding.half().cpu(), "original_size": enc.original_size,
-                    "input_size": enc.input_size}, tmp)
-        os.replace(tmp, path)
+        payload = {"embedding": enc.embedding.half().cpu(), "original_size": enc.original_size,
+                   "input_size": enc.input_size}
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
     def _encode_compute(self, image: Image2D) -> Encoded:
         start = time.perf_counter()

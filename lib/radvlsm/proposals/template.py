@@ -21,7 +21,6 @@ interface) but not used to localise: the exemplars define what is looked for.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from radvlsm.io import Image2D, load_image, load_mask
+from radvlsm.io import Image2D, atomic_write, load_image, load_mask
 from radvlsm.predictor import Encoded, SegmentPredictor
 from radvlsm.proposals.base import Candidate, Proposal, register_proposer
 from radvlsm.proposals.boxes import heatmap_boxes
@@ -232,12 +231,12 @@ class TemplateProposer:
         ids = list(bank)
         arrays = {a: np.stack([getattr(bank[i], a) for i in ids]) if ids else np.zeros((0, 0), np.float32)
                   for a in ("global_desc", "fg", "bg")}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz" to the name
-            np.savez(f, ids=np.array(ids, dtype=str), backbone=np.array(self._backbone_tag()), **arrays)
-        os.replace(tmp, path)
-        return path
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: np.savez would otherwise append ".npz" to the name
+                np.savez(f, ids=np.array(ids, dtype=str), backbone=np.array(self._backbone_tag()), **arrays)
+
+        return atomic_write(path, write)
 
     def load(self, path: str | Path) -> None:
         """Replace the bank with one written by :meth:`save`; refuses prototypes from another backbone version."""

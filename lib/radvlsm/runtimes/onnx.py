@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from radvlsm.io import atomic_write
 from radvlsm.models.registry import Backbone
 from radvlsm.runtimes.registry import register_runtime
 
@@ -58,15 +59,6 @@ def probe_input(backbone: Backbone) -> torch.Tensor:
     return torch.rand(1, 3, backbone.img_size, backbone.img_size, generator=g)
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_fp32(backbone: Backbone, cache_dir: str | Path | None = None) -> Path:
     """The fp32 ONNX encoder for ``backbone``: the cached file, or a new export checked against eager."""
     out = export_dir(backbone, cache_dir)
@@ -92,9 +84,9 @@ def export_fp32(backbone: Backbone, cache_dir: str | Path | None = None) -> Path
             meta = {"backbone": backbone.name, "version": backbone.version, "opset": OPSET,
                     "torch": torch.__version__, "max_abs_diff_vs_eager": diff,
                     "export_s": round(time.perf_counter() - start, 1)}
-            _atomic(out / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=1)))
+            atomic_write(out / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=1)))
 
-        _atomic(path, write)
+        atomic_write(path, write)
         backbone.image_encoder.to(backbone.device)
         EXPORTS["fp32"] += 1
         logger.info(f"radvlsm: ONNX export done in {time.perf_counter() - start:.1f} s")
@@ -123,7 +115,7 @@ def export_int8(backbone: Backbone, cache_dir: str | Path | None = None) -> Path
         logger.info(f"radvlsm: quantising the {backbone.name} ONNX encoder to int8 (one-off)")
         logging.disable(logging.INFO)  # the quantiser logs every tensor it skips at INFO on the root logger
         try:  # per-channel weights, MatMul/Gemm only: quantised convolutions lost most of the embedding here
-            _atomic(path, lambda tmp: quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8,
+            atomic_write(path, lambda tmp: quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8,
                                                        per_channel=True, op_types_to_quantize=["MatMul", "Gemm"]))
         finally:
             logging.disable(logging.NOTSET)

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from radvlsm.io import atomic_write
 from radvlsm.models.registry import Backbone
-from radvlsm.runtimes.onnx import EXPORT_ATOL, EXPORTS, OPSET, _atomic, _export_lock, export_dir
+from radvlsm.runtimes.onnx import EXPORT_ATOL, EXPORTS, OPSET, _export_lock, export_dir
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def export_decoder(backbone: Backbone, cache_dir: str | Path | None = None) -> P
             if diff > EXPORT_ATOL * 10:  # logits, not unit-scale: 1e-2 absolute
                 raise RuntimeError(f"ONNX mask decoder differs from torch by {diff:.2e}; not using it")
 
-        _atomic(path, write)
+        atomic_write(path, write)
         backbone.mask_decoder.to(backbone.device)
         EXPORTS["decoder"] += 1
         logger.info(f"radvlsm: ONNX mask decoder exported in {time.perf_counter() - start:.1f} s ({path})")

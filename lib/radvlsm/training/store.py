@@ -18,9 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
 import re
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -28,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from radvlsm.io import atomic_write
 
 logger = logging.getLogger(__name__)
 SHIPPED = "shipped"
@@ -41,17 +41,7 @@ class TrainingBusy(RuntimeError):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -126,14 +116,7 @@ class DecoderStore:
         with self._file_lock(".publish.lock", blocking=True):
             existing = self.versions()
             version = f"v{(int(existing[-1][1:]) + 1 if existing else 1):04d}"
-            fd, tmp = tempfile.mkstemp(prefix=f".{version}.", suffix=f"{self.payload_suffix}.tmp", dir=self.root)
-            os.close(fd)
-            try:
-                write(tmp)
-                os.replace(tmp, self.payload(version))
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            atomic_write(self.payload(version), write)
             atomic_write_json(self.root / f"{version}.json", {**meta, "version": version, "published_at": time.time()})
             atomic_write_bytes(self.pointer, f"{version}\n".encode())
         logger.info(f"radvlsm: published {self.kind} {version} in {self.root}")

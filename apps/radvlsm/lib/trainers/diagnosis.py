@@ -14,7 +14,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from radvlsm.diagnosis.recalibrate import HeadStore, LabelledLesion, branch_logits, recalibrate
 from radvlsm.io import load_image, load_mask
-from radvlsm.params import get_int
+from radvlsm.params import get_float, get_int
 from radvlsm.training import TrainingBusy
 from radvlsm.training.data import lesion_components
 from radvlsm.training.datastore import samples_from_datastore
@@ -23,19 +23,6 @@ logger = logging.getLogger(__name__)
 DESCRIPTION = ("Recalibrate the diagnosis head's fusion layer on final labels saved with a pathology "
                "(params {\"pathology\": \"benign\"|\"malignant\"}); published only if the held-back log-loss is "
                "not worse. Options: strength (prior weight, 5), tolerance (0), max_images (0 = all).")
-
-
-def _float(request: dict[str, Any], name: str, default: float, lo: float, hi: float) -> float:
-    value = request.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{name}: expected a number, got {value!r:.60}")
-    try:
-        out = float(value)
-    except ValueError as exc:
-        raise ValueError(f"{name}: expected a number, got {value!r:.60}") from exc
-    if not lo <= out <= hi:
-        raise ValueError(f"{name}: must be between {lo:g} and {hi:g}, got {out:g}")
-    return out
 
 
 class DiagnosisTrain(TrainTask):
@@ -53,8 +40,8 @@ class DiagnosisTrain(TrainTask):
     def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any]:
         start = time.time()
         try:
-            strength = _float(request, "strength", 5.0, 1e-6, 1e6)
-            tolerance = _float(request, "tolerance", 0.0, 0.0, 10.0)
+            strength = get_float(request, "strength", 5.0, 1e-6, 1e6)
+            tolerance = get_float(request, "tolerance", 0.0, 0.0, 10.0)
             limit = get_int(request, "max_images", 0, 0, 10**6) or None
             with self.store.training_lock():
                 pipeline = self.pipeline()
