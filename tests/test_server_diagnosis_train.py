@@ -45,6 +45,10 @@ def test_recalibrated_head_is_published_and_served_live(srv):
     assert wait_done(srv)["status"] == "ERROR"
     assert "strength" in requests.get(f"{srv.url}/info/", timeout=30).json()["train_stats"]["diagnosis"]["error"]
 
+    sync = requests.post(f"{srv.url}/train/diagnosis", params={"run_sync": "true"}, json={"tolerance": -1}, timeout=60)
+    assert sync.status_code == 422 and "tolerance" in sync.json()["detail"], sync.text
+    assert not (srv.studies / ".radvlsm" / "trained" / "litemedsam" / "diagnosis_head" / "current").exists()
+
     r = requests.post(f"{srv.url}/train/diagnosis", json={"tolerance": 10}, timeout=30)
     assert r.status_code == 200, r.text
     assert wait_done(srv)["status"] == "DONE"

@@ -31,7 +31,12 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import HTTPException
-from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
+from monailabel.interfaces.exception import (
+    ImageNotFoundException,
+    LabelNotFoundException,
+    MONAILabelError,
+    MONAILabelException,
+)
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -130,6 +135,11 @@ async def _input_error(request: Request, exc: InputError) -> JSONResponse:
     return _detail(422, str(exc))
 
 
+async def _monailabel_error(request: Request, exc: MONAILabelException) -> JSONResponse:
+    """A task's own refusal (e.g. a bad train option under ``run_sync``) is the caller's error, not a 500."""
+    return _detail(422 if exc.error == MONAILabelError.INVALID_INPUT else 500, str(exc.msg))
+
+
 async def _json_error(request: Request, exc: json.JSONDecodeError) -> JSONResponse:
     return _detail(422, f"params: a JSON form field (params / info) is not valid JSON ({exc})")
 
@@ -225,6 +235,7 @@ def install(fastapi_app, radvlsm_app: Any, max_upload_bytes: int | None,
     rebuild it with these (Starlette builds it lazily on the first call)."""
     fastapi_app.add_exception_handler(InputError, _input_error)
     fastapi_app.add_exception_handler(json.JSONDecodeError, _json_error)
+    fastapi_app.add_exception_handler(MONAILabelException, _monailabel_error)
     fastapi_app.add_exception_handler(ImageNotFoundException, _not_found)
     fastapi_app.add_exception_handler(LabelNotFoundException, _not_found)
     fastapi_app.add_exception_handler(shutil.ReadError, _not_an_archive)  # PUT /session/?uncompress=true
