@@ -1,7 +1,7 @@
 """Simulated annotation loop: does learning from corrections help, and does `uncertainty` pick better than `random`?
 
     python benchmarks/bench_active_learning.py [--pool 200] [--eval 100] [--rounds 4] [--k 25] [--epochs 2]
-        [--strategies uncertainty random] [--prompts box|text] [--work DIR]
+        [--strategies uncertainty random] [--prompts box|text] [--train-proposer] [--work DIR]
 
 Start from the shipped LiteMedSAM decoder. Each round a strategy picks ``k`` unlabelled images from a pool (the
 first ``--pool`` images of BUS-BRA folds 1-4 after ``random.Random(0).shuffle``); their reference masks stand in
@@ -12,7 +12,8 @@ scoring method (text pipeline, phrase "lesion"): scored once under the shipped d
 decoder every round with ``--rescore`` (what the product does after training; several times slower on CPU).
 
 Evaluation prompts: ``box`` (default) = the tight box of each reference mask, what the ``sam`` task gets from a
-clinician; ``text`` = the full ``radvlsm`` pipeline from the phrase "lesion".
+clinician; ``text`` = the full ``radvlsm`` pipeline from the phrase "lesion". ``--train-proposer`` also fine-tunes
+the qformer_lite proposer's heads each round, as ``/train/radvlsm`` does by default (its own gate and store).
 
 Embeddings come from the shared disk cache (~/.cache/radvlsm/embeddings); progress is kept in ``--work``
 (default ~/.cache/radvlsm/bench_al) after every round, so an interrupted run resumes where it stopped.
@@ -21,6 +22,7 @@ Embeddings come from the shared disk cache (~/.cache/radvlsm/embeddings); progre
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import random
 import sys
@@ -42,7 +44,7 @@ from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline  # noqa: E402
 from radvlsm.predictor import SegmentPredictor  # noqa: E402
 from radvlsm.proposals import build_proposer  # noqa: E402
 from radvlsm.training import DecoderStore, DecoderWatcher, TrainConfig, TrainSample, fine_tune  # noqa: E402
-from radvlsm.training.store import decoder_state  # noqa: E402
+from radvlsm.training.store import ProposerStore, decoder_state  # noqa: E402
 from radvlsm.training.uncertainty import pick_first, pick_random, pick_uncertain, score_image  # noqa: E402
 
 DISK_CACHE = "~/.cache/radvlsm/embeddings"
@@ -53,9 +55,10 @@ class Loop:
         self.args = args
         self.predictor = SegmentPredictor(build_backbone("litemedsam"), EmbeddingCache(max_bytes=1500 << 20),
                                           disk_cache=DISK_CACHE)
-        proposer = build_proposer("qformer_lite", predictor=self.predictor,
-                                  checkpoint=str(ROOT / "model" / "qformer_lite" / "qformer_lite.pt"))
-        self.pipeline = RadVLSMPipeline(self.predictor, proposer, None)
+        self.proposer = build_proposer("qformer_lite", predictor=self.predictor,
+                                       checkpoint=str(ROOT / "model" / "qformer_lite" / "qformer_lite.pt"))
+        self.shipped_proposer = copy.deepcopy(self.proposer.model.state_dict())
+        self.pipeline = RadVLSMPipeline(self.predictor, self.proposer, None)
         pool = busbra({1, 2, 3, 4})
         random.Random(0).shuffle(pool)  # a larger --pool extends a smaller one (embeddings are reused)
         self.pool = {case: (img, mask) for img, mask, case in pool[: args.pool]}
@@ -118,13 +121,19 @@ class Loop:
 
     def advance(self, strategy: str, upto: int) -> list[dict]:
         """Run ``strategy``'s rounds up to ``upto`` (0 = evaluate the shipped model), resuming from its state."""
-        work = Path(self.args.work).expanduser() / f"{strategy}-p{self.args.pool}-k{self.args.k}-e{self.args.epochs}"
+        a = self.args
+        suffix = ("" if a.prompts == "box" else f"-{a.prompts}") + ("-proposer" if a.train_proposer else "")
+        work = Path(a.work).expanduser() / f"{strategy}-p{a.pool}-k{a.k}-e{a.epochs}{suffix}"
         state_path = work / "state.json"
         state = json.loads(state_path.read_text()) if state_path.exists() else {"labelled": [], "rounds": []}
         store = DecoderStore(work / "sam_decoder")
         self.predictor.backbone.load_state_dict(self.shipped, strict=False)  # undo the other strategy's decoder
         self.predictor.decoder_watcher = DecoderWatcher(store, self.predictor.backbone, self.predictor._lock)
         self.predictor.decoder_watcher.refresh()  # this strategy's last published version, if any
+        proposer_store = ProposerStore(work / "qformer_lite") if self.args.train_proposer else None
+        self.proposer.model.load_state_dict(self.shipped_proposer)
+        if proposer_store is not None:
+            self.proposer.follow(proposer_store)
         rng = random.Random(len(state["labelled"]) + 1)  # deterministic per round, also when resuming
         if not state["rounds"]:
             state["rounds"].append({"round": 0, "labels": 0, "dice": self.evaluate(), "published": None,
@@ -136,11 +145,16 @@ class Loop:
             state["labelled"] += picked
             samples = [TrainSample(c, *self.pool[c]) for c in state["labelled"]]
             t = time.time()
-            res = fine_tune(self.predictor, samples, store, TrainConfig(epochs=self.args.epochs))
+            res = fine_tune(self.predictor, samples, store, TrainConfig(epochs=self.args.epochs),
+                            proposer=self.proposer, proposer_store=proposer_store)
             train_min = (time.time() - t) / 60
             row = {"round": r, "labels": len(state["labelled"]), "dice": self.evaluate(), "published": res.published,
                    "val_before": round(res.dice_before, 4), "val_after": round(res.dice_after, 4),
                    "train_min": round(train_min, 2), "pick_min": round(pick_min, 2), "version": res.version}
+            if res.proposer is not None:
+                p = res.proposer
+                row["proposer"] = {"published": p["published"], "version": p["version"],
+                                   "iou_before": round(p["iou_before"], 4), "iou_after": round(p["iou_after"], 4)}
             state["rounds"].append(row)
             self._save(state_path, state)
             print(f"  {strategy} round {r}: {row}", file=sys.stderr)
@@ -164,6 +178,8 @@ def main() -> None:
     ap.add_argument("--strategies", nargs="+", default=["uncertainty", "random"],
                     choices=["uncertainty", "random", "first"])
     ap.add_argument("--prompts", choices=["box", "text"], default="box")
+    ap.add_argument("--train-proposer", action="store_true",
+                    help="also fine-tune the qformer_lite proposer's heads each round (its own gate and store)")
     ap.add_argument("--rescore", action="store_true",
                     help="rescore the pool under the current decoder every round (default: once, shipped decoder)")
     ap.add_argument("--work", default="~/.cache/radvlsm/bench_al")
@@ -181,15 +197,19 @@ def main() -> None:
     for r in range(args.rounds + 1):  # strategies advance round by round, so a cut-short run compares like with like
         for s in args.strategies:
             curves[s] = loop.advance(s, r)
+    trained = "LiteMedSAM decoder + prompt encoder" + (" + qformer_lite heads" if args.train_proposer else "")
     print(f"\nBUS-BRA pool {args.pool} (folds 1-4), eval first {args.eval} of fold 5, prompts={args.prompts}, "
-          f"k={args.k}/round, {args.epochs} epochs/round, LiteMedSAM decoder + prompt encoder\n")
-    print("| strategy | round | labels | eval Dice | published | val Dice before -> after | train min | pick min |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"k={args.k}/round, {args.epochs} epochs/round, {trained}\n")
+    print("| strategy | round | labels | eval Dice | published | val Dice before -> after | proposer: published, "
+          "val top-1 IoU before -> after | train min | pick min |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for s, rows in curves.items():
         for row in rows:
             val = f"{row.get('val_before', '')} -> {row.get('val_after', '')}" if row["round"] else ""
+            p = row.get("proposer")
+            prop = f"{p['published']}, {p['iou_before']} -> {p['iou_after']}" if p else ""
             print(f"| {s} | {row['round']} | {row['labels']} | {row['dice']:.4f} | {row['published']} | {val} | "
-                  f"{row['train_min']} | {row['pick_min']} |")
+                  f"{prop} | {row['train_min']} | {row['pick_min']} |")
     if len(curves) > 1:
         names = list(curves)
         print("\n| labels | " + " | ".join(names) + " |\n" + "|---" * (len(names) + 1) + "|")

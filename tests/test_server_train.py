@@ -1,6 +1,7 @@
 """End to end on a real MONAI Label server: corrected labels saved over REST, ``/train/radvlsm`` publishes a
-decoder that the infer tasks use at once (no restart), a second request while one runs is refused, a killed run
-leaves the served decoder, and ``/activelearning/uncertainty`` returns the most uncertain unlabelled image."""
+decoder and a proposer fine-tune that the infer tasks use at once (no restart), a second request while one runs
+is refused, a killed run leaves the served models, and ``/activelearning/uncertainty`` returns the most uncertain
+unlabelled image."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ def srv(tmp_path_factory):
 
 def store_dir(srv):
     return srv.studies / ".radvlsm" / "trained" / "litemedsam" / "sam_decoder"
+
+
+def proposer_dir(srv):
+    return srv.studies / ".radvlsm" / "trained" / "litemedsam" / "qformer_lite"
 
 
 def sam_version(srv, image="bus_0370-r") -> str:
@@ -81,10 +86,18 @@ def test_train_publishes_and_infer_uses_it_live(srv):
     assert stats["with_pathology"] == 4 and len(stats["losses"]) == 1
     assert (store_dir(srv) / "v0001.pt").is_file() and (store_dir(srv) / "current").read_text().strip() == "v0001"
 
+    # the proposer's heads were fine-tuned in the same run and gated on their own (held-back top-1 box IoU)
+    assert stats["proposer"]["published"] and stats["proposer_served_version"] == "v0001", stats["proposer"]
+    assert (proposer_dir(srv) / "v0001.pt").is_file() and stats["proposer_versions"] == ["v0001"]
+
     assert sam_version(srv) == "v0001"  # same server process, no restart
     r = requests.post(f"{srv.url}/infer/radvlsm", params={"image": "bus_0370-r", "output": "json"},
                       files={"params": (None, json.dumps({"diagnose": False}))}, timeout=180)
     assert r.status_code == 200 and r.json()["decoder_version"] == "v0001"
+    assert r.json()["proposer_version"] == "v0001" and r.json()["found"]
+    r = requests.post(f"{srv.url}/infer/box_proposal", params={"image": "bus_0370-r", "output": "json"},
+                      files={"params": (None, json.dumps({}))}, timeout=120)
+    assert r.status_code == 200 and r.json()["backends"]["qformer_lite"]["version"] == "v0001", r.text
 
 
 def test_killed_run_leaves_the_served_decoder(srv):
@@ -104,6 +117,7 @@ def test_killed_run_leaves_the_served_decoder(srv):
     while (stats := train_stats(srv))["status"] == "running" and time.time() < deadline:
         time.sleep(0.5)  # the killed process is reaped by the server's task thread
     assert stats["status"] == "stopped" and stats["served_version"] == "v0001" and stats["versions"] == ["v0001"]
+    assert stats["proposer_served_version"] == "v0001" and stats["proposer_versions"] == ["v0001"]
     assert sam_version(srv) == "v0001"
 
 

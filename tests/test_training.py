@@ -191,6 +191,17 @@ def test_uncertainty_score_and_ranking():
     assert pick_uncertain(["z", "y"], lambda i: None) == ("y", None)
 
 
+def test_stored_scores_go_stale_when_the_decoder_or_the_proposer_changes():
+    from radvlsm.training.uncertainty import SCORE_KEY, Uncertainty, needs_scoring
+
+    info = {SCORE_KEY: Uncertainty(0.4, 0.9, 0.8, 0.95).to_info("v0002", 0.0, "v0001")}
+    assert not needs_scoring(info, "v0002", "v0001")
+    assert needs_scoring(info, "v0003", "v0001") and needs_scoring(info, "v0002", "v0002")
+    assert needs_scoring({}, "shipped")
+    old = {SCORE_KEY: {"score": 0.3, "decoder_version": "shipped"}}  # stored before proposer versions existed
+    assert not needs_scoring(old, "shipped") and needs_scoring(old, "shipped", "v0001")
+
+
 def test_two_process_gloo_run_lowers_the_loss_and_publishes_once(tmp_path, predictor):
     from radvlsm.training.distributed import launch
 

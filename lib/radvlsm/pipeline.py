@@ -89,6 +89,7 @@ class RadVLSMPipeline:
             "found": bool(lesions),
             "match_score": round(proposal.match_score, 4),
             "prompt_source": "user" if user_boxes else proposal.backend,
+            "proposer_version": proposal.version or None,
             "lesions": [self._lesion_json(i, lesion, diagnoses[i] if diagnoses else None)
                         for i, lesion in enumerate(lesions)],
             "cache_hit": enc.cache_hit,

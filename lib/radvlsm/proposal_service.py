@@ -67,7 +67,8 @@ class ProposalService:
             "match_score": round(match, 4),
             "candidates": [with_roi(c.to_json()) for c in merged],
             "backends": {p.backend: {"match_score": round(p.match_score, 4), "n_candidates": len(p.candidates),
-                                     "latencies_ms": {k: round(v, 1) for k, v in p.timings_ms.items()}}
+                                     "latencies_ms": {k: round(v, 1) for k, v in p.timings_ms.items()},
+                                     **({"version": p.version} if p.version else {})}
                          for p in proposals},
             "cache_hit": enc.cache_hit,
             "latencies_ms": {"encode": round(enc.encode_ms, 1), "total": round((time.perf_counter() - t0) * 1e3, 1)},

@@ -18,8 +18,8 @@ logger = logging.getLogger(__name__)
 
 
 class UncertaintyScoring(ScoringMethod):
-    """Scores the unlabelled images that have no score yet, or one from an older decoder (``max_images`` per run,
-    0 = all); ``force=true`` rescores everything."""
+    """Scores the unlabelled images that have no score yet, or one from an older decoder or proposer
+    (``max_images`` per run, 0 = all); ``force=true`` rescores everything."""
 
     def __init__(self, pipeline_fn, text: str = "lesion"):
         super().__init__("Pipeline uncertainty per unlabelled image: mean of (1 - candidate agreement), "
@@ -30,10 +30,11 @@ class UncertaintyScoring(ScoringMethod):
     def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any]:
         pipeline = self.pipeline_fn()
         version = pipeline.predictor.decoder_watcher.refresh() if pipeline.predictor.decoder_watcher else "shipped"
+        proposer = getattr(pipeline.proposer, "version", "") or "shipped"
         force = bool(request.get("force", False))
         limit = int(request.get("max_images") or 0)
         todo = [i for i in sorted(datastore.get_unlabeled_images())
-                if force or al.needs_scoring(datastore.get_image_info(i), version)]
+                if force or al.needs_scoring(datastore.get_image_info(i), version, proposer)]
         todo = todo[:limit] if limit else todo
         scores = {}
         for n, image_id in enumerate(todo, 1):
@@ -42,10 +43,10 @@ class UncertaintyScoring(ScoringMethod):
             except Exception as exc:  # one unreadable image must not stop the others
                 logger.warning(f"uncertainty: skipped {image_id}: {exc}")
                 continue
-            datastore.update_image_info(image_id, {al.SCORE_KEY: u.to_info(version, time.time())})
+            datastore.update_image_info(image_id, {al.SCORE_KEY: u.to_info(version, time.time(), proposer)})
             scores[image_id] = round(u.score, 5)
             logger.info(f"uncertainty: {n}/{len(todo)} {image_id} = {u.score:.4f}")
-        return {"scored": len(scores), "decoder_version": version, "scores": scores}
+        return {"scored": len(scores), "decoder_version": version, "proposer_version": proposer, "scores": scores}
 
 
 class _Pick(Strategy):

@@ -42,6 +42,7 @@ class Proposal:
     backend: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # e.g. "the exemplar bank is empty"
+    version: str = ""  # which weights answered ("shipped", or a fine-tune's "v0001"), when the backend has versions
 
 
 class BoxProposer(Protocol):

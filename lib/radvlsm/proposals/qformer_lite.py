@@ -8,8 +8,11 @@ the lesion with :mod:`radvlsm.proposals.refine` on request; it is off by default
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +51,7 @@ class QFormerLiteProposer:
     refine_by_default = False
 
     def __init__(self, predictor: SegmentPredictor, checkpoint: str | Path | None = None,
-                 text_encoder: TextEncoder | None = None):
+                 text_encoder: TextEncoder | None = None, store: Any = None):
         if predictor.backbone.name != "litemedsam":
             raise ValueError("qformer_lite was trained on LiteMedSAM embeddings; serve it with backbone litemedsam")
         self.predictor = predictor
@@ -57,8 +60,32 @@ class QFormerLiteProposer:
         self.rank = meta.get("rank", "heatmap")
         self.threshold = float(meta.get("match_threshold", 0.5))
         self.heat_threshold = float(meta.get("heat_threshold", 0.5))
-        self.version = f"{self.checkpoint.stat().st_mtime_ns:x}"
         self.text_encoder = text_encoder or shared_text_encoder()
+        self.base_id = checkpoint_id(self.checkpoint)
+        self._lock = threading.Lock()
+        self.watcher = None
+        if store is not None:
+            self.follow(store)
+
+    def follow(self, store: Any) -> None:
+        """Serve the fine-tunes the radvlsm train task publishes into ``store`` (a ProposerStore), live; the
+        weights loaded now are what ``restore("shipped")`` returns to."""
+        from radvlsm.training.store import ModuleWatcher
+
+        self.watcher = ModuleWatcher(store, {"qformer": self.model}, self._lock, ("proposer_base", self.base_id))
+        self.watcher.refresh()
+
+    @property
+    def version(self) -> str:
+        """``shipped`` (the checkpoint file) or the served fine-tune's version (``v0001``, ...)."""
+        return self.watcher.refresh() if self.watcher is not None else "shipped"
+
+    def with_model(self, model: QFormerLite) -> QFormerLiteProposer:
+        """The same proposer (thresholds, ranking, text encoder) over another model: what validation of a
+        fine-tune runs, so it is measured by exactly the inference code."""
+        clone = object.__new__(QFormerLiteProposer)
+        clone.__dict__.update(self.__dict__, model=model, watcher=None, _lock=threading.Lock())
+        return clone
 
     @torch.inference_mode()
     def score(self, enc: Encoded, text: str) -> tuple[float, np.ndarray, np.ndarray]:
@@ -66,7 +93,10 @@ class QFormerLiteProposer:
         feats = self.text_encoder.encode(text)
         dev = self.predictor.device
         valid = valid_grid(enc.input_size, self.predictor.backbone.img_size, self.model.cfg.grid)[None].to(dev)
-        out = self.model(enc.embedding.to(dev), valid, feats.tokens[None].to(dev), feats.mask[None].to(dev))
+        if self.watcher is not None:
+            self.watcher.refresh()
+        with self._lock:
+            out = self.model(enc.embedding.to(dev), valid, feats.tokens[None].to(dev), feats.mask[None].to(dev))
         size = self.predictor.backbone.img_size
         heat = F.interpolate(out["heat"][:, None].float(), (size, size), mode="bilinear", align_corners=False)
         heat = heat[..., : enc.input_size[0], : enc.input_size[1]]
@@ -98,7 +128,13 @@ class QFormerLiteProposer:
             candidates.sort(key=lambda c: -c.score)
         t2 = time.perf_counter()
         return Proposal(candidates, match, heat, self.name,
-                        {"encode": enc.encode_ms, "propose": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3})
+                        {"encode": enc.encode_ms, "propose": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3},
+                        version=self.version)
+
+
+def checkpoint_id(path: Path) -> str:
+    """A short content hash: fine-tunes record the checkpoint they started from and are served only over it."""
+    return hashlib.sha1(path.read_bytes()).hexdigest()[:12]
 
 
 @register_proposer("qformer_lite")

@@ -66,6 +66,12 @@ class QFormerLite(nn.Module):
     def forward(self, embedding: torch.Tensor, valid: torch.Tensor, tokens: torch.Tensor,
                 token_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """``embedding`` (B, C, G, G); ``valid`` (B, G, G) 1 inside the unpadded image; ``tokens`` (B, L, D)."""
+        return self.heads(self.encode(embedding, valid, tokens, token_mask), valid)
+
+    def encode(self, embedding: torch.Tensor, valid: torch.Tensor, tokens: torch.Tensor,
+               token_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The Q-Former part: projected patches, query outputs and the pooled text output (what the heads read;
+        fine-tuning only the heads computes this once per image)."""
         b, q = embedding.shape[0], self.cfg.queries
         feats = self.image_proj(embedding.float()) + self.pos
         enc = feats.flatten(2).transpose(1, 2)
@@ -75,10 +81,15 @@ class QFormerLite(nn.Module):
         out = self.qformer(query_embeds=x, attention_mask=attn, encoder_hidden_states=enc,
                            encoder_attention_mask=valid.flatten(1).long()).last_hidden_state
         qo, to = out[:, :q], out[:, q:]
-        pooled = qo.mean(1)
         m = token_mask.unsqueeze(-1).float()
-        text_vec = self.map_text((to * m).sum(1) / m.sum(1).clamp(min=1))
-        patches = self.map_patch(feats)
+        return {"feats": feats, "queries": qo, "text": (to * m).sum(1) / m.sum(1).clamp(min=1)}
+
+    def heads(self, z: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[str, torch.Tensor]:
+        """ITM, box and relevance map from :meth:`encode`'s outputs."""
+        qo = z["queries"]
+        pooled = qo.mean(1)
+        text_vec = self.map_text(z["text"])
+        patches = self.map_patch(z["feats"])
         heat = torch.einsum("bh,bhxy->bxy", text_vec, patches) / math.sqrt(self.cfg.hidden) + self.map_bias
         heat = heat.masked_fill(valid <= 0, -20.0)
         return {
@@ -87,6 +98,10 @@ class QFormerLite(nn.Module):
             "heat": heat,
             "image_global": F.normalize(self.image_global(pooled), dim=-1),
         }
+
+    #: what fine-tuning from corrected masks trains (the relevance map and the box); the Q-Former, the image-text
+    #: match and the contrastive heads stay frozen, so "is there a lesion at all" keeps its shipped calibration
+    HEADS = ("map_text", "map_patch", "map_bias", "box_head")
 
     def text_global_embedding(self, sentence: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_global(sentence.float()), dim=-1)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from radvlsm.training.data import PATHOLOGIES, TrainSample
-from radvlsm.training.store import DecoderStore
+from radvlsm.training.store import DecoderStore, ProposerStore
 
 logger = logging.getLogger(__name__)
 FINAL = "final"
@@ -51,6 +51,12 @@ def default_trained_dir(studies: str, app_dir: str) -> str:
 def decoder_store(trained_dir: str | Path, backbone: str) -> DecoderStore:
     """One store per backbone: ``<trained_dir>/<backbone>/sam_decoder``."""
     return DecoderStore(Path(trained_dir) / backbone / "sam_decoder")
+
+
+def proposer_store(trained_dir: str | Path, backbone: str) -> ProposerStore:
+    """Fine-tunes of the qformer_lite proposer: ``<trained_dir>/<backbone>/qformer_lite`` (it reads that
+    backbone's embedding)."""
+    return ProposerStore(Path(trained_dir) / backbone / "qformer_lite")
 
 
 def head_store(trained_dir: str | Path, backbone: str):

@@ -38,6 +38,11 @@ class TrainConfig:
     clicks: bool = True
     train_decoder: bool = True
     train_prompt_encoder: bool = True
+    #: also fine-tune the qformer_lite proposer's relevance-map and box heads (radvlsm.training.proposer), gated
+    #: and published on their own (key metric: held-back top-1 box IoU)
+    train_proposer: bool = True
+    proposer_epochs: int = 5
+    proposer_lr: float = 1e-4
     #: publish when validation Dice >= the served model's - tolerance (0: never publish a worse model)
     tolerance: float = 0.0
     seed: int = 0

@@ -104,10 +104,13 @@ class DecoderStore:
     def publish(self, state: dict[str, torch.Tensor], backbone: str, backbone_version: str,
                 meta: dict[str, Any]) -> str:
         """Write a new version beside the old ones, then point ``current`` at it (both atomic)."""
-        payload = {"state": {k: v.detach().cpu() for k, v in state.items()}, "backbone": backbone,
-                   "backbone_version": backbone_version}
-        return self.publish_payload(lambda tmp: torch.save(payload, tmp),
-                                    {**meta, "backbone": backbone, "backbone_version": backbone_version})
+        return self.publish_state(state, {"backbone": backbone, "backbone_version": backbone_version}, meta)
+
+    def publish_state(self, state: dict[str, torch.Tensor], identity: dict[str, str], meta: dict[str, Any]) -> str:
+        """Publish ``state`` (``{module.key: tensor}``) with ``identity`` (what a watcher checks before loading:
+        e.g. the backbone version it was trained on) in both the payload and the metadata."""
+        payload = {"state": {k: v.detach().cpu() for k, v in state.items()}, **identity}
+        return self.publish_payload(lambda tmp: torch.save(payload, tmp), {**meta, **identity})
 
     def publish_payload(self, write, meta: dict[str, Any]) -> str:
         """``write(tmp_path)`` the next version's payload; it is renamed into place, its metadata written, and
@@ -163,20 +166,30 @@ def decoder_state(backbone) -> dict[str, torch.Tensor]:
             for k, v in getattr(backbone, part).state_dict().items()}
 
 
-class DecoderWatcher:
-    """Keeps a predictor's prompt encoder + mask decoder on the store's ``current`` version.
+class ProposerStore(DecoderStore):
+    """Versioned fine-tunes of the ``qformer_lite`` proposer (same layout and guarantees as the decoder's)."""
+
+    kind = "proposer"
+
+
+class ModuleWatcher:
+    """Keeps live modules on a store's ``current`` version (the mask decoder, the proposer's heads, ...).
 
     ``refresh`` costs one ``stat`` when nothing changed; when the pointer changed it loads the version (or the
-    shipped weights, kept in memory at start) under the predictor's lock, so no decode sees half-loaded weights.
-    A checkpoint that cannot be loaded or was trained on another backbone is logged and the served weights stay;
-    at start-up, when nothing is served yet, the newest earlier version that loads is served (the last good one).
+    shipped weights, kept in memory at start) under ``lock``, so no forward pass sees half-loaded weights.
+    A checkpoint that cannot be loaded or was trained from another base (its ``identity`` entry differs, e.g.
+    another backbone) is logged and the served weights stay; at start-up, when nothing is served yet, the newest
+    earlier version that loads is served (the last good one).
     """
 
-    def __init__(self, store: DecoderStore, backbone, lock: threading.Lock):
+    def __init__(self, store: DecoderStore, modules: dict[str, torch.nn.Module], lock: threading.Lock,
+                 identity: tuple[str, str]):
         self.store = store
-        self.backbone = backbone
+        self.modules = modules
         self.lock = lock
-        self.shipped = decoder_state(backbone)
+        self.identity = identity  # (payload key, the value this process's modules need)
+        self.shipped = {f"{name}.{k}": v.detach().clone().cpu() for name, m in modules.items()
+                        for k, v in m.state_dict().items()}
         self.version = SHIPPED
         self.loaded_at: float | None = None
         self._stamp: tuple[int, int] | None = None
@@ -202,27 +215,40 @@ class DecoderWatcher:
             version == SHIPPED or not version[1:].isdigit() or int(v[1:]) < int(version[1:]))]
         for candidate in reversed(older):
             if self._load(candidate):
-                logger.error(f"radvlsm: serving decoder {candidate}, the newest that loads ('current' is {version})")
+                logger.error(f"radvlsm: serving {self.store.kind} {candidate}, the newest that loads "
+                             f"('current' is {version})")
                 return
 
     def _load(self, version: str) -> bool:
+        kind = self.store.kind
         if version == SHIPPED:
             state = self.shipped
         else:
             try:
                 ckpt = self.store.load(version)
             except Exception as exc:  # a corrupt file must not take the served model down
-                logger.error(f"radvlsm: decoder {version} could not be loaded ({exc}); keeping {self.version}")
+                logger.error(f"radvlsm: {kind} {version} could not be loaded ({exc}); keeping {self.version}")
                 return False
-            if ckpt.get("backbone_version") != self.backbone.version:
-                logger.error(f"radvlsm: decoder {version} was trained on backbone {ckpt.get('backbone_version')}, "
-                             f"this one is {self.backbone.version}; keeping {self.version}")
+            key, want = self.identity
+            if ckpt.get(key) != want:
+                logger.error(f"radvlsm: {kind} {version} was trained from {key} {ckpt.get(key)}, this one is "
+                             f"{want}; keeping {self.version}")
                 return False
             state = ckpt["state"]
         with self.lock:
-            for part in PARTS:
-                sub = {k[len(part) + 1:]: v for k, v in state.items() if k.startswith(part + ".")}
-                getattr(self.backbone, part).load_state_dict(sub, strict=True)
+            for name, module in self.modules.items():
+                sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+                module.load_state_dict(sub, strict=True)
         self.version, self.loaded_at = version, time.time()
-        logger.info(f"radvlsm: now serving decoder {version} from {self.store.root}")
+        logger.info(f"radvlsm: now serving {kind} {version} from {self.store.root}")
         return True
+
+
+class DecoderWatcher(ModuleWatcher):
+    """Keeps a predictor's prompt encoder + mask decoder on the store's ``current`` version; a checkpoint
+    trained on another backbone version is refused."""
+
+    def __init__(self, store: DecoderStore, backbone, lock: threading.Lock):
+        super().__init__(store, {part: getattr(backbone, part) for part in PARTS}, lock,
+                         ("backbone_version", backbone.version))
+        self.backbone = backbone

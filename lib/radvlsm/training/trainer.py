@@ -3,7 +3,9 @@ only if not worse. Usable without the server (benchmarks, scripts) and by the ``
 
 The run starts from the version being served (continual learning from each round of corrections). Nothing is
 written to the served pointer unless the new decoder's mean validation Dice is at least the served one's minus
-``tolerance``; an exception or a kill before that leaves the served model as it was.
+``tolerance``; an exception or a kill before that leaves the served model as it was. The proposer's heads, when
+asked for, are fine-tuned after the decoder on the same split and gated the same way on their own metric
+(held-back top-1 box IoU) into their own store (:mod:`radvlsm.training.proposer`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from typing import Any
 import numpy as np
 import torch.distributed as dist
 
+from radvlsm.proposals.phrases import DEFAULT_PHRASE
 from radvlsm.training.data import TrainSample, prepare, split
 from radvlsm.training.loop import EpochLog, TrainConfig, build_model, evaluate, train
-from radvlsm.training.store import SHIPPED, DecoderStore, decoder_state
+from radvlsm.training.proposer import fine_tune_proposer
+from radvlsm.training.store import SHIPPED, DecoderStore, ProposerStore, decoder_state
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ class RunResult:
     epochs: list[EpochLog] = field(default_factory=list)
     seconds: float = 0.0
     reason: str = ""
+    proposer: dict[str, Any] | None = None  # the proposer fine-tune's own outcome (ProposerRun), when it ran
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -68,21 +73,27 @@ class StatsWriter:
 
 
 def fine_tune(predictor, samples: list[TrainSample], store: DecoderStore, cfg: TrainConfig | None = None,
-              progress: Callable[[EpochLog], None] | None = None, should_stop: Callable[[], bool] | None = None
-              ) -> RunResult:
+              progress: Callable[[EpochLog], None] | None = None, should_stop: Callable[[], bool] | None = None,
+              proposer=None, proposer_store: ProposerStore | None = None, text: str = DEFAULT_PHRASE) -> RunResult:
     """Train on ``samples`` (corrected labels) and publish into ``store`` if validation is not worse.
 
-    Under ``torch.distributed`` every rank calls this with the same samples; rank 0 validates, publishes and
-    writes stats, the others only train their shard."""
+    With ``proposer`` (a ``qformer_lite`` proposer) and ``proposer_store``, and ``cfg.train_proposer``, its heads
+    are fine-tuned on the same split for the phrase ``text`` and published into ``proposer_store`` by their own
+    gate. Under ``torch.distributed`` every rank calls this with the same samples; rank 0 validates, publishes
+    and writes stats (and trains the proposer, which is cheap), the others only train their decoder shard."""
     cfg = cfg or TrainConfig()
     distributed = dist.is_available() and dist.is_initialized()
     # one run at a time; under torch.distributed the launching process holds the lock for its ranks
     with nullcontext() if distributed else store.training_lock():
-        return _run(predictor, samples, store, cfg, dist.get_rank() if distributed else 0, progress, should_stop)
+        rank = dist.get_rank() if distributed else 0
+        target = (proposer, proposer_store) if cfg.train_proposer and proposer_store is not None and hasattr(
+            proposer, "with_model") else None
+        return _run(predictor, samples, store, cfg, rank, progress, should_stop, target, text)
 
 
 def _run(predictor, samples: list[TrainSample], store: DecoderStore, cfg: TrainConfig, rank: int,
-         progress: Callable[[EpochLog], None] | None, should_stop: Callable[[], bool] | None) -> RunResult:
+         progress: Callable[[EpochLog], None] | None, should_stop: Callable[[], bool] | None,
+         proposer_target: tuple[Any, ProposerStore] | None, text: str) -> RunResult:
     started = time.time()
     stats = StatsWriter(store, rank == 0)
     train_ids, val_ids = split([s.image_id for s in samples])
@@ -98,30 +109,48 @@ def _run(predictor, samples: list[TrainSample], store: DecoderStore, cfg: TrainC
         val_items = prepare([by_id[i] for i in val_ids], predictor, cfg.max_lesions) if rank == 0 else []
         if not train_items:
             raise ValueError("no training image has a non-empty label")
-        img_size = predictor.backbone.img_size
-        model = build_model(predictor.backbone, state, cfg)
-        before = float(np.mean(evaluate(model, val_items, img_size))) if val_items else float("nan")
-        stats.update(dice_before=before)
-
-        def on_epoch(log: EpochLog) -> None:
-            stats.update(epoch=log.epoch, loss=log.loss, losses=[*stats.stats.get("losses", []), log.loss])
-            if progress is not None:
-                progress(log)
-
-        outcome = train(model, train_items, img_size, cfg, on_epoch, should_stop)
-        result = RunResult(False, base_version, base_version, before, float("nan"), train_ids, val_ids,
-                           outcome.logs)
-        if rank == 0:
-            result.dice_after = float(np.mean(evaluate(model, val_items, img_size))) if val_items else float("nan")
-            result = _gate_and_publish(result, model, predictor, store, cfg, len(train_items))
+        result = RunResult(False, base_version, base_version, float("nan"), float("nan"), train_ids, val_ids)
+        if cfg.train_decoder or cfg.train_prompt_encoder:
+            result = _decoder_part(result, predictor, store, state, cfg, rank, train_items, val_items, stats,
+                                   progress, should_stop)
+        else:
+            result.reason = "decoder not trained (train_decoder and train_prompt_encoder are false)"
+        if proposer_target is not None and rank == 0:
+            stats.update(stage="proposer")
+            proposer, proposer_store = proposer_target
+            run = fine_tune_proposer(proposer, train_items, val_items, proposer_store, cfg.proposer_epochs,
+                                     cfg.proposer_lr, tolerance=cfg.tolerance, seed=cfg.seed, text=text)
+            result.proposer = run.to_json()
+            result.reason += f"; {run.reason}"
         result.seconds = round(time.time() - started, 2)
         stats.update(status="done", finished_at=time.time(), **result.to_json())
         logger.info(f"training: {result.reason} ({result.seconds:.1f} s)")
         return result
-    except BaseException as exc:  # interrupted or failed: the served pointer was never touched
+    except BaseException as exc:  # interrupted or failed: the served pointers were never touched
         stats.update(status="stopped" if isinstance(exc, KeyboardInterrupt) else "failed",
                      error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
         raise
+
+
+def _decoder_part(result: RunResult, predictor, store: DecoderStore, state: dict, cfg: TrainConfig, rank: int,
+                  train_items: list, val_items: list, stats: StatsWriter,
+                  progress: Callable[[EpochLog], None] | None, should_stop: Callable[[], bool] | None) -> RunResult:
+    """Validate the served decoder, train a copy, validate it, publish it if not worse (rank 0)."""
+    img_size = predictor.backbone.img_size
+    model = build_model(predictor.backbone, state, cfg)
+    result.dice_before = float(np.mean(evaluate(model, val_items, img_size))) if val_items else float("nan")
+    stats.update(dice_before=result.dice_before, stage="decoder")
+
+    def on_epoch(log: EpochLog) -> None:
+        stats.update(epoch=log.epoch, loss=log.loss, losses=[*stats.stats.get("losses", []), log.loss])
+        if progress is not None:
+            progress(log)
+
+    result.epochs = train(model, train_items, img_size, cfg, on_epoch, should_stop).logs
+    if rank == 0:
+        result.dice_after = float(np.mean(evaluate(model, val_items, img_size))) if val_items else float("nan")
+        result = _gate_and_publish(result, model, predictor, store, cfg, len(train_items))
+    return result
 
 
 def _gate_and_publish(result: RunResult, model, predictor, store: DecoderStore, cfg: TrainConfig,

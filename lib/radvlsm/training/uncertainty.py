@@ -7,8 +7,8 @@ uncertainty = mean of three disagreements, each in [0, 1]:
 * ``1 - match score``: the proposer is unsure the phrase is in the image at all.
 
 An image where the pipeline finds no lesion scores 1.0 (a clinician should look at it). The score is stored in
-the image's datastore info under ``SCORE_KEY`` with the decoder version that produced it, so images scored by
-an older decoder are scored again after training.
+the image's datastore info under ``SCORE_KEY`` with the decoder and proposer versions that produced it, so
+images scored by an older decoder or proposer are scored again after training.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ class Uncertainty:
     predicted_iou: float | None
     match_score: float
 
-    def to_info(self, decoder_version: str, ts: float) -> dict[str, Any]:
+    def to_info(self, decoder_version: str, ts: float, proposer_version: str = "shipped") -> dict[str, Any]:
         return {"score": round(self.score, 5), "agreement": self.agreement, "predicted_iou": self.predicted_iou,
-                "match_score": round(self.match_score, 5), "decoder_version": decoder_version, "ts": ts}
+                "match_score": round(self.match_score, 5), "decoder_version": decoder_version,
+                "proposer_version": proposer_version, "ts": ts}
 
 
 def _top_prompt_iou(lesion: dict[str, Any]) -> float | None:
@@ -67,9 +68,10 @@ def stored_score(info: dict[str, Any]) -> float | None:
     return float(entry["score"]) if isinstance(entry, dict) and "score" in entry else None
 
 
-def needs_scoring(info: dict[str, Any], decoder_version: str) -> bool:
+def needs_scoring(info: dict[str, Any], decoder_version: str, proposer_version: str = "shipped") -> bool:
     entry = info.get(SCORE_KEY)
-    return not isinstance(entry, dict) or entry.get("decoder_version") != decoder_version
+    return (not isinstance(entry, dict) or entry.get("decoder_version") != decoder_version
+            or entry.get("proposer_version", "shipped") != proposer_version)
 
 
 def pick_uncertain(ids: list[str], score_of: Callable[[str], float | None]) -> tuple[str, float | None]:

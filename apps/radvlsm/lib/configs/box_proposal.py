@@ -7,11 +7,11 @@ datastore's final labels and refreshed whenever a label is saved) and ``blip2`` 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from monailabel.interfaces.config import TaskConfig
 
+from lib.configs.radvlsm import proposer_kwargs
 from lib.infers.box_proposal import box_proposal_infer
 from lib.models import shared_predictor
 from radvlsm.io import load_image, load_mask
@@ -24,9 +24,8 @@ logger = logging.getLogger(__name__)
 class BoxProposalConfig(TaskConfig):
     def infer(self):
         predictor = shared_predictor(self.conf)
-        checkpoint = self.conf.get("qformer_checkpoint") or os.path.join(self.model_dir, "qformer_lite",
-                                                                         "qformer_lite.pt")
-        proposers = {"qformer_lite": build_proposer("qformer_lite", predictor=predictor, checkpoint=checkpoint)}
+        kwargs = proposer_kwargs(self.conf, self.model_dir, predictor)
+        proposers = {"qformer_lite": build_proposer("qformer_lite", predictor=predictor, **kwargs)}
         self.template = build_proposer("template", predictor=predictor,
                                        max_exemplars=int(self.conf.get("template_exemplars", "20")))
         proposers["template"] = self.template

@@ -19,12 +19,20 @@ logger = logging.getLogger(__name__)
 _pipelines: dict[tuple, RadVLSMPipeline] = {}
 
 
+def proposer_kwargs(conf: dict[str, str], model_dir: str, predictor) -> dict:
+    """The qformer_lite checkpoint, and the store of its fine-tunes (``/train/radvlsm``) that it follows live."""
+    from radvlsm.training.datastore import proposer_store
+
+    checkpoint = conf.get("qformer_checkpoint") or os.path.join(model_dir, "qformer_lite", "qformer_lite.pt")
+    store = proposer_store(conf["trained_dir"], predictor.backbone.name) if conf.get("trained_dir") else None
+    return {"checkpoint": checkpoint, "store": store}
+
+
 def shared_pipeline(conf: dict[str, str], model_dir: str) -> RadVLSMPipeline:
     key = (tuple(sorted(conf.items())), model_dir)
     if key not in _pipelines:
         predictor = shared_predictor(conf)
-        checkpoint = conf.get("qformer_checkpoint") or os.path.join(model_dir, "qformer_lite", "qformer_lite.pt")
-        proposer = build_proposer("qformer_lite", predictor=predictor, checkpoint=checkpoint)
+        proposer = build_proposer("qformer_lite", predictor=predictor, **proposer_kwargs(conf, model_dir, predictor))
         head_dir = conf.get("diagnosis_dir") or os.path.join(model_dir, "diagnosis")
         diagnoser = None
         if os.path.exists(os.path.join(head_dir, "head.json")):
@@ -51,10 +59,11 @@ class RadVLSMConfig(TaskConfig):
     def trainer(self):
         """``/train/radvlsm``: fine-tunes the shared predictor's decoder (the ``sam`` task serves it too)."""
         from lib.trainers.radvlsm import RadVLSMTrain
-        from radvlsm.training.datastore import decoder_store
+        from radvlsm.training.datastore import decoder_store, proposer_store
 
-        predictor = self.pipeline.predictor
-        return RadVLSMTrain(predictor, decoder_store(self.conf["trained_dir"], predictor.backbone.name))
+        predictor, trained = self.pipeline.predictor, self.conf["trained_dir"]
+        return RadVLSMTrain(predictor, decoder_store(trained, predictor.backbone.name), self.pipeline.proposer,
+                            proposer_store(trained, predictor.backbone.name), self.conf.get("text", "lesion"))
 
     def scoring_method(self):
         from lib.activelearning import UncertaintyScoring

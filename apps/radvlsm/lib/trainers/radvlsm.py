@@ -2,7 +2,8 @@
 
 MONAI Label runs it in a subprocess of the server and refuses a second request while one runs (HTTP 429, or
 queues it with ``enqueue=true``); the store's lock refuses any other concurrent run. The infer tasks pick the
-published decoder up on their next request (``decoder_version`` in their result JSON).
+published decoder and proposer up on their next request (``decoder_version`` and ``proposer_version`` in their
+result JSON).
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from monailabel.interfaces.tasks.train import TrainTask
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.training import DecoderStore, TrainConfig, TrainingBusy, fine_tune
 from radvlsm.training.datastore import samples_from_datastore
+from radvlsm.training.store import ProposerStore
 
 logger = logging.getLogger(__name__)
-DESCRIPTION = ("Fine-tune SAM's prompt encoder + mask decoder on the final (corrected) labels; publish only if the "
-               "held-back validation Dice is not worse. Options: epochs, lr, batch_size, box_jitter, clicks, "
-               "train_decoder, train_prompt_encoder, tolerance, seed, max_images, multi_gpu.")
+DESCRIPTION = ("Fine-tune SAM's prompt encoder + mask decoder (and the qformer_lite proposer's relevance and box "
+               "heads) on the final (corrected) labels; each is published only if its held-back validation metric "
+               "is not worse. Options: epochs, lr, batch_size, box_jitter, clicks, train_decoder, "
+               "train_prompt_encoder, train_proposer, proposer_epochs, proposer_lr, tolerance, seed, max_images, "
+               "multi_gpu.")
 
 
 def _alive(pid: Any) -> bool:
@@ -35,10 +39,14 @@ def _alive(pid: Any) -> bool:
 
 
 class RadVLSMTrain(TrainTask):
-    def __init__(self, predictor: SegmentPredictor, store: DecoderStore):
+    def __init__(self, predictor: SegmentPredictor, store: DecoderStore, proposer=None,
+                 proposer_store: ProposerStore | None = None, text: str = "lesion"):
         super().__init__(DESCRIPTION)
         self.predictor = predictor
         self.store = store
+        self.proposer = proposer
+        self.proposer_store = proposer_store
+        self.text = text
 
     def config(self) -> dict[str, Any]:
         return {**asdict(TrainConfig()), "max_images": 0, "multi_gpu": False}
@@ -47,7 +55,11 @@ class RadVLSMTrain(TrainTask):
         stats = self.store.read_stats()
         if stats.get("status") == "running" and not _alive(stats.get("pid")):
             stats["status"] = "stopped"  # killed (DELETE /train): the served decoder was not touched
-        return {**stats, "served_version": self.store.current(), "versions": self.store.versions()}
+        out = {**stats, "served_version": self.store.current(), "versions": self.store.versions()}
+        if self.proposer_store is not None:
+            out["proposer_served_version"] = self.proposer_store.current()
+            out["proposer_versions"] = self.proposer_store.versions()
+        return out
 
     def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any]:
         try:
@@ -58,7 +70,10 @@ class RadVLSMTrain(TrainTask):
             if request.get("multi_gpu") and gpus > 1:
                 from radvlsm.training.distributed import launch
 
-                return launch(self.predictor, samples, self.store, cfg, world_size=gpus)
-            return fine_tune(self.predictor, samples, self.store, cfg).to_json()
+                out = launch(self.predictor, samples, self.store, cfg, world_size=gpus)
+                out["proposer_note"] = "the proposer is not fine-tuned under multi_gpu; run once without it"
+                return out
+            return fine_tune(self.predictor, samples, self.store, cfg, proposer=self.proposer,
+                             proposer_store=self.proposer_store, text=self.text).to_json()
         except (ValueError, TrainingBusy) as exc:
             raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"radvlsm training: {exc}") from exc

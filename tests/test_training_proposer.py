@@ -1,0 +1,135 @@
+"""Fine-tuning the qformer_lite proposer's heads from corrected masks (real shipped proposer, real LiteMedSAM
+embeddings of the bundled BUS-BRA samples): trains, is gated on held-back top-1 box IoU, publishes into its own
+store, and is served live by any proposer following that store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from radvlsm.io import load_image
+from radvlsm.models import build_backbone
+from radvlsm.predictor import SegmentPredictor
+from radvlsm.proposals import build_proposer
+from radvlsm.proposals.qformer_model import QFormerLite
+from radvlsm.training import SHIPPED, DecoderStore, TrainConfig, fine_tune
+from radvlsm.training.data import prepare
+from radvlsm.training.proposer import box_target, fine_tune_proposer, heat_target, top1_iou
+from radvlsm.training.store import ProposerStore
+from tests.conftest import SAMPLES
+from tests.test_training import IDS, sample
+
+HEAD_KEYS = ("map_patch.weight", "map_text.weight", "box_head.0.weight")
+FROZEN_KEYS = ("itm_head.0.weight", "image_proj.weight", "queries")
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory) -> SegmentPredictor:
+    return SegmentPredictor(build_backbone("litemedsam"), disk_cache=str(tmp_path_factory.mktemp("emb")))
+
+
+@pytest.fixture(scope="module")
+def items(predictor):
+    return prepare([sample(i) for i in IDS], predictor)
+
+
+@pytest.fixture(scope="module")
+def proposer(predictor):
+    return build_proposer("qformer_lite", predictor=predictor)
+
+
+def test_targets_match_the_label(items):
+    """The box target is the label's tight box in image fractions, the map target its patch coverage."""
+    it = items[1]
+    ys, xs = np.nonzero(it.mask)
+    rows, cols = it.mask.shape
+    cx, cy, w, h = box_target(it.mask).tolist()
+    assert cx - w / 2 == pytest.approx(xs.min() / cols) and cx + w / 2 == pytest.approx((xs.max() + 1) / cols)
+    assert cy - h / 2 == pytest.approx(ys.min() / rows) and cy + h / 2 == pytest.approx((ys.max() + 1) / rows)
+    heat = heat_target(it, 256, 64)
+    assert heat.shape == (64, 64) and 0 <= heat.min() and heat.max() == 1
+    # the covered share matches the label's share of the (padded) frame
+    frame_share = it.mask.mean() * it.input_size[0] * it.input_size[1] / 256**2
+    assert heat.mean().item() == pytest.approx(frame_share, rel=0.05)
+
+
+def test_fine_tune_trains_only_the_heads_publishes_and_is_served_live(tmp_path, predictor, items, proposer):
+    store = ProposerStore(tmp_path / "qformer_lite")
+    served = build_proposer("qformer_lite", predictor=predictor, store=store)
+    image = load_image(SAMPLES / "images" / "bus_0075-r.png")
+    before = served.propose(image, "lesion")
+    assert served.version == SHIPPED and before.version == SHIPPED
+    run = fine_tune_proposer(proposer, items[1:], items[:1], store, epochs=15, lr=1e-3, tolerance=1.0)
+    assert run.published and run.version == "v0001" and store.current() == "v0001", run
+    assert run.losses[-1] < run.losses[0] * 0.95, run.losses
+    assert np.isfinite(run.iou_before) and np.isfinite(run.iou_after)
+    assert store.load("v0001")["proposer_base"] == proposer.base_id
+
+    after = served.propose(image, "lesion")  # same object, no reload call: picked up on the next request
+    assert served.version == "v0001" and after.version == "v0001"
+    new, old = served.model.state_dict(), proposer.model.state_dict()  # ``proposer`` itself was not trained
+    assert all(not torch.equal(new[k], old[k]) for k in HEAD_KEYS)
+    assert all(torch.equal(new[k], old[k]) for k in FROZEN_KEYS)
+    assert after.match_score == pytest.approx(before.match_score, abs=1e-6)  # the match head is frozen
+
+    store.restore(SHIPPED)
+    assert served.propose(image, "lesion").version == SHIPPED
+    assert all(torch.equal(served.model.state_dict()[k], old[k]) for k in HEAD_KEYS)
+
+
+def test_gate_refuses_a_worse_proposer(tmp_path, predictor, proposer):
+    """Wrong 'corrections' (a corner square) at a high learning rate move the top box off the held-back
+    image's lesion: nothing is published."""
+    samples = [sample(IDS[0])]
+    for i in IDS[1:]:
+        mask = np.zeros(load_image(SAMPLES / "images" / f"{i}.png").shape, np.uint8)
+        mask[:40, :40] = 255
+        Image.fromarray(mask).save(tmp_path / f"{i}.png")
+        samples.append(sample(i, tmp_path / f"{i}.png"))
+    items = prepare(samples, predictor)
+    store = ProposerStore(tmp_path / "qformer_lite")
+    run = fine_tune_proposer(proposer, items[1:], items[:1], store, epochs=30, lr=3e-3)
+    assert not run.published and run.iou_after < run.iou_before, run
+    assert "not published" in run.reason and store.current() == SHIPPED and store.versions() == []
+
+
+def test_fine_tune_of_another_base_checkpoint_is_not_served(tmp_path, predictor, proposer):
+    store = ProposerStore(tmp_path / "qformer_lite")
+    state = {f"qformer.{k}": v + 1 for k, v in proposer.model.state_dict().items()}
+    store.publish_state(state, {"proposer_base": "0123456789ab"}, {})
+    served = build_proposer("qformer_lite", predictor=predictor, store=store)
+    assert served.version == SHIPPED
+    assert torch.equal(served.model.state_dict()["map_bias"], proposer.model.state_dict()["map_bias"])
+
+
+def test_train_run_does_proposer_only_when_decoder_is_switched_off(tmp_path, predictor, proposer):
+    """One /train/radvlsm run: the decoder part switched off publishes no decoder; the proposer part reports its
+    own gate in the result and the stats."""
+    decoders, proposers = DecoderStore(tmp_path / "sam_decoder"), ProposerStore(tmp_path / "qformer_lite")
+    cfg = TrainConfig(train_decoder=False, train_prompt_encoder=False, proposer_epochs=2, tolerance=1.0)
+    res = fine_tune(predictor, [sample(i) for i in IDS], decoders, cfg, proposer=proposer, proposer_store=proposers)
+    assert not res.published and decoders.versions() == [] and "decoder not trained" in res.reason
+    assert res.proposer["published"] and proposers.current() == "v0001" and len(res.proposer["losses"]) == 2
+    assert decoders.read_stats()["proposer"]["version"] == "v0001"
+    off = TrainConfig(train_decoder=False, train_prompt_encoder=False, train_proposer=False)
+    off = fine_tune(predictor, [sample(i) for i in IDS], decoders, off, proposer=proposer, proposer_store=proposers)
+    assert off.proposer is None and proposers.versions() == ["v0001"]
+
+
+def test_heads_are_what_the_trainer_unfreezes():
+    names = {n.split(".")[0] for n, _ in QFormerLite().named_parameters()}
+    assert set(QFormerLite.HEADS) < names and {"qformer", "itm_head"} <= names - set(QFormerLite.HEADS)
+
+
+def test_top1_iou_is_one_for_a_perfect_box(items, proposer, monkeypatch):
+    from radvlsm.geometry import mask_to_box
+    from radvlsm.proposals.base import Candidate, Proposal
+
+    it = items[1]
+    monkeypatch.setattr(proposer, "propose", lambda *a, **k: Proposal(
+        [Candidate(mask_to_box(it.mask), 1.0, "t")], 1.0))
+    assert top1_iou(proposer, it, "lesion") == pytest.approx(1.0)
+    monkeypatch.setattr(proposer, "propose", lambda *a, **k: Proposal([], 0.1))
+    assert top1_iou(proposer, it, "lesion") == 0.0
