@@ -74,7 +74,10 @@ def test_fine_tune_trains_only_the_heads_publishes_and_is_served_live(tmp_path, 
     assert all(torch.equal(new[k], old[k]) for k in FROZEN_KEYS)
     assert after.match_score == pytest.approx(before.match_score, abs=1e-6)  # the match head is frozen
 
-    store.restore(SHIPPED)
+    from radvlsm.training.__main__ import main
+
+    assert main(["list", str(store.root)]) == 0
+    assert main(["restore", str(store.root), SHIPPED]) == 0  # the roll-back command a site would run
     assert served.propose(image, "lesion").version == SHIPPED
     assert all(torch.equal(served.model.state_dict()[k], old[k]) for k in HEAD_KEYS)
 

@@ -53,7 +53,8 @@ TASKS: dict[str, dict[str, Any]] = {
         "result": [
             ("candidates", "best first: `box` [x0,y0,x1,y1], `roi`, `score`, `backend`, `extra`"),
             ("text, found, match_score", "the phrase, whether it names something in the image, image-text score"),
-            ("backends", "per backend: `match_score`, `n_candidates`, latencies"),
+            ("backends", "per backend: `match_score`, `n_candidates`, latencies, `version` (qformer_lite: `shipped` "
+                         "or the fine-tune `/train/radvlsm` published)"),
             ("cache_hit, latencies_ms, image_shape, label_names, decoder_version", "as for `sam`"),
         ],
         "optional": ["message"],
@@ -71,7 +72,8 @@ TASKS: dict[str, dict[str, Any]] = {
             ("lesions", "per lesion (label *i* = *i*+1): `box`, `roi`, `area_px`, `proposal_score`, `reliability`, "
                         "`agreement`, `uncertainty` = 1 - agreement, `n_prompts`, `prompts` (each decoded prompt: "
                         "`kind`, `weight` and its factors), `diagnosis`"),
-            ("text, found, match_score, prompt_source", "the phrase and where the boxes came from"),
+            ("text, found, match_score, prompt_source, proposer_version",
+             "the phrase, where the boxes came from, and the proposer weights that proposed them"),
             ("encodes, cache_hit, latencies_ms", "1 on a new image, 0 after; per stage in ms"),
             ("image_shape, runtime, label_names, decoder_version", "as for `sam`"),
         ],

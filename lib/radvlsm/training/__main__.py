@@ -1,7 +1,8 @@
 """``python -m radvlsm.training list|restore STORE_DIR [VERSION]``: see or roll back a served model.
 
-STORE_DIR is e.g. ``<studies>/.radvlsm/trained/litemedsam/sam_decoder`` (the decoder) or ``.../diagnosis_head``
-(the recalibrated diagnosis head); a running server picks a restored version up on its next request.
+STORE_DIR is e.g. ``<studies>/.radvlsm/trained/litemedsam/sam_decoder`` (the decoder), ``.../qformer_lite`` (the
+proposer's fine-tuned heads) or ``.../diagnosis_head`` (the recalibrated diagnosis head); a running server picks a
+restored version up on its next request.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from radvlsm.training.store import SHIPPED, DecoderStore
+from radvlsm.training.store import SHIPPED, DecoderStore, ProposerStore
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("store")
     ap.add_argument("version", nargs="?")
     args = ap.parse_args(argv)
-    store = DecoderStore(args.store)
+    store = ProposerStore(args.store) if Path(args.store).name == "qformer_lite" else DecoderStore(args.store)
     if Path(args.store).name == "diagnosis_head" or any(Path(args.store).glob("v*.head.json")):
         from radvlsm.diagnosis.recalibrate import HeadStore
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"served: {store.current()}")
     for v in [*store.versions(), SHIPPED]:
         meta = store.metadata(v) if v != SHIPPED else {}
-        keys = ("dice_before", "dice_after", "train_images", "recalibration")
+        keys = ("dice_before", "dice_after", "iou_before", "iou_after", "train_images", "recalibration")
         print(f"  {v}: " + json.dumps({k: meta[k] for k in keys if k in meta}))
     return 0
 
