@@ -35,6 +35,7 @@ from radvlsm.geometry import ResizeLongestSide, mask_to_box  # noqa: E402
 from radvlsm.io import Image2D, load_image, load_mask  # noqa: E402
 from radvlsm.proposals.phrases import NEGATIVES, phrases_for  # noqa: E402
 from radvlsm.text import TextEncoder  # noqa: E402
+from radvlsm.training.proposer import box_target  # noqa: E402
 
 SIZE, GRID = 256, 64
 DOMAIN_IDS = {"breast": 0, "polyp": 1, "normal": -1}
@@ -54,14 +55,6 @@ def soft_mask_grid(mask: np.ndarray) -> np.ndarray:
     m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False)
     m = F.pad(m, (0, SIZE - w, 0, SIZE - h))
     return np.rint(F.avg_pool2d(m, SIZE // GRID)[0, 0].numpy() * 255).astype(np.uint8)
-
-
-def normalised_box(mask: np.ndarray) -> np.ndarray:
-    """Tight box as continuous edges (max index + 1), ``(cx, cy, w, h)`` as fractions of the image."""
-    x0, y0, x1, y1 = mask_to_box(mask)
-    rows, cols = mask.shape
-    x0, x1, y0, y1 = x0 / cols, (x1 + 1) / cols, y0 / rows, (y1 + 1) / rows
-    return np.array([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], np.float32)
 
 
 def lesion_free_crop(pixels: np.ndarray, mask: np.ndarray, margin: int = 8, min_frac: float = 0.35):
@@ -108,7 +101,7 @@ def main() -> None:
         ps = phrases_for(domain, md, mask, rgb[..., 0])
         small = resize_uint8(gray)
         records.append({"id": case, "domain": domain, "size": list(small.shape[:2]), "positives": ps.positives,
-                        "negatives": ps.negatives, "box": normalised_box(mask).tolist()})
+                        "negatives": ps.negatives, "box": box_target(mask).tolist()})
         blobs.append((jpeg(small), soft_mask_grid(mask)))
         if domain == "breast" and rng.random() < 0.5:
             crop = lesion_free_crop(rgb[..., :1], mask)

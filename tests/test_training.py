@@ -28,6 +28,17 @@ def sample(i: str, mask_path=None) -> TrainSample:
     return TrainSample(i, SAMPLES / "images" / f"{i}.png", mask_path or SAMPLES / "reference" / f"{i}.png")
 
 
+def wrong_corrections(folder) -> list[TrainSample]:
+    """IDS[0] (the held-back one) with its reference mask; the others 'corrected' to a 40 px corner square."""
+    samples = [sample(IDS[0])]
+    for i in IDS[1:]:
+        mask = np.zeros(load_image(SAMPLES / "images" / f"{i}.png").shape, np.uint8)
+        mask[:40, :40] = 255
+        Image.fromarray(mask).save(folder / f"{i}.png")
+        samples.append(sample(i, folder / f"{i}.png"))
+    return samples
+
+
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory) -> SegmentPredictor:
     """LiteMedSAM with a disk cache shared by this module's runs (and the 2-process run)."""
@@ -119,12 +130,7 @@ def test_publish_is_atomic_versioned_and_restorable(tmp_path, predictor, monkeyp
 def test_gate_refuses_a_worse_model(tmp_path, fresh):
     """Wrong 'corrections' (a corner square instead of the lesion) at a high learning rate: the validation
     image's Dice falls, so nothing is published and the shipped decoder stays served."""
-    samples = [sample(IDS[0])]
-    for i in IDS[1:]:
-        mask = np.zeros(load_image(SAMPLES / "images" / f"{i}.png").shape, np.uint8)
-        mask[:40, :40] = 255
-        Image.fromarray(mask).save(tmp_path / f"{i}.png")
-        samples.append(sample(i, tmp_path / f"{i}.png"))
+    samples = wrong_corrections(tmp_path)
     store = DecoderStore(tmp_path / "store")
     res = fine_tune(fresh, samples, store, TrainConfig(epochs=2, lr=1e-3, batch_size=3, clicks=False))
     assert not res.published and res.dice_after < res.dice_before

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from radvlsm.io import load_image
 from radvlsm.models import build_backbone
@@ -19,7 +18,7 @@ from radvlsm.training.data import prepare
 from radvlsm.training.proposer import box_target, fine_tune_proposer, heat_target, top1_iou
 from radvlsm.training.store import ProposerStore
 from tests.conftest import SAMPLES
-from tests.test_training import IDS, sample
+from tests.test_training import IDS, sample, wrong_corrections
 
 HEAD_KEYS = ("map_patch.weight", "map_text.weight", "box_head.0.weight")
 FROZEN_KEYS = ("itm_head.0.weight", "image_proj.weight", "queries")
@@ -85,13 +84,7 @@ def test_fine_tune_trains_only_the_heads_publishes_and_is_served_live(tmp_path, 
 def test_gate_refuses_a_worse_proposer(tmp_path, predictor, proposer):
     """Wrong 'corrections' (a corner square) at a high learning rate move the top box off the held-back
     image's lesion: nothing is published."""
-    samples = [sample(IDS[0])]
-    for i in IDS[1:]:
-        mask = np.zeros(load_image(SAMPLES / "images" / f"{i}.png").shape, np.uint8)
-        mask[:40, :40] = 255
-        Image.fromarray(mask).save(tmp_path / f"{i}.png")
-        samples.append(sample(i, tmp_path / f"{i}.png"))
-    items = prepare(samples, predictor)
+    items = prepare(wrong_corrections(tmp_path), predictor)
     store = ProposerStore(tmp_path / "qformer_lite")
     run = fine_tune_proposer(proposer, items[1:], items[:1], store, epochs=30, lr=3e-3)
     assert not run.published and run.iou_after < run.iou_before, run

@@ -52,7 +52,7 @@ class ProposerRun:
 
 def box_target(mask: np.ndarray) -> torch.Tensor:
     """The box head's target: the label's tight box as continuous edges, ``(cx, cy, w, h)`` as fractions of the
-    image (as ``scripts/proposer_pack.py`` made them for the shipped training)."""
+    image (the shipped training's targets too: ``scripts/proposer_pack.py`` calls this)."""
     x0, y0, x1, y1 = mask_to_box(mask)
     rows, cols = mask.shape
     x0, x1, y0, y1 = x0 / cols, (x1 + 1) / cols, y0 / rows, (y1 + 1) / rows
