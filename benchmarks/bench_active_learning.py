@@ -145,8 +145,8 @@ class Loop:
             state["labelled"] += picked
             samples = [TrainSample(c, *self.pool[c]) for c in state["labelled"]]
             t = time.time()
-            res = fine_tune(self.predictor, samples, store, TrainConfig(epochs=self.args.epochs),
-                            proposer=self.proposer, proposer_store=proposer_store)
+            cfg = TrainConfig(epochs=self.args.epochs, train_proposer=self.args.train_proposer)
+            res = fine_tune(self.predictor, samples, store, cfg, proposer=self.proposer, proposer_store=proposer_store)
             train_min = (time.time() - t) / 60
             row = {"round": r, "labels": len(state["labelled"]), "dice": self.evaluate(), "published": res.published,
                    "val_before": round(res.dice_before, 4), "val_after": round(res.dice_after, 4),

@@ -73,7 +73,8 @@ def test_train_publishes_and_infer_uses_it_live(srv):
     assert sam_version(srv) == "shipped"
 
     # tolerance: the gate itself is tested in test_training; here 1 epoch must publish so pickup can be seen
-    r = requests.post(f"{srv.url}/train/radvlsm", json={"epochs": 1, "tolerance": 0.05}, timeout=30)
+    r = requests.post(f"{srv.url}/train/radvlsm", json={"epochs": 1, "tolerance": 0.05, "train_proposer": True},
+                      timeout=30)
     assert r.status_code == 200, r.text
     wait_running(srv)
     second = requests.post(f"{srv.url}/train/radvlsm", json={"epochs": 1}, timeout=30)

@@ -104,12 +104,13 @@ def test_train_run_does_proposer_only_when_decoder_is_switched_off(tmp_path, pre
     """One /train/radvlsm run: the decoder part switched off publishes no decoder; the proposer part reports its
     own gate in the result and the stats."""
     decoders, proposers = DecoderStore(tmp_path / "sam_decoder"), ProposerStore(tmp_path / "qformer_lite")
-    cfg = TrainConfig(train_decoder=False, train_prompt_encoder=False, proposer_epochs=2, tolerance=1.0)
+    cfg = TrainConfig(train_decoder=False, train_prompt_encoder=False, train_proposer=True, proposer_epochs=2,
+                      tolerance=1.0)
     res = fine_tune(predictor, [sample(i) for i in IDS], decoders, cfg, proposer=proposer, proposer_store=proposers)
     assert not res.published and decoders.versions() == [] and "decoder not trained" in res.reason
     assert res.proposer["published"] and proposers.current() == "v0001" and len(res.proposer["losses"]) == 2
     assert decoders.read_stats()["proposer"]["version"] == "v0001"
-    off = TrainConfig(train_decoder=False, train_prompt_encoder=False, train_proposer=False)
+    off = TrainConfig(train_decoder=False, train_prompt_encoder=False)  # the proposer is off by default
     off = fine_tune(predictor, [sample(i) for i in IDS], decoders, off, proposer=proposer, proposer_store=proposers)
     assert off.proposer is None and proposers.versions() == ["v0001"]
 

@@ -39,8 +39,10 @@ class TrainConfig:
     train_decoder: bool = True
     train_prompt_encoder: bool = True
     #: also fine-tune the qformer_lite proposer's relevance-map and box heads (radvlsm.training.proposer), gated
-    #: and published on their own (key metric: held-back top-1 box IoU)
-    train_proposer: bool = True
+    #: and published on their own (key metric: held-back top-1 box IoU). Off by default: on BUS-BRA, images like
+    #: the proposer's own training data, it did not help (README, "Learning from corrections"); meant for sites
+    #: whose images are unlike BUS-BRA and Kvasir-SEG
+    train_proposer: bool = False
     proposer_epochs: int = 5
     proposer_lr: float = 1e-4
     #: publish when validation Dice >= the served model's - tolerance (0: never publish a worse model)
