@@ -1,7 +1,8 @@
 """Simulated annotation loop: does learning from corrections help, and does `uncertainty` pick better than `random`?
 
     python benchmarks/bench_active_learning.py [--pool 200] [--eval 100] [--rounds 4] [--k 25] [--epochs 2]
-        [--strategies uncertainty random] [--prompts box|text] [--train-proposer] [--work DIR]
+        [--strategies uncertainty random] [--prompts box|text] [--train-proposer] [--encoder-lora RANK]
+        [--work DIR]
 
 Start from the shipped LiteMedSAM decoder. Each round a strategy picks ``k`` unlabelled images from a pool (the
 first ``--pool`` images of BUS-BRA folds 1-4 after ``random.Random(0).shuffle``); their reference masks stand in
@@ -123,6 +124,7 @@ class Loop:
         """Run ``strategy``'s rounds up to ``upto`` (0 = evaluate the shipped model), resuming from its state."""
         a = self.args
         suffix = ("" if a.prompts == "box" else f"-{a.prompts}") + ("-proposer" if a.train_proposer else "")
+        suffix += f"-lora{a.encoder_lora}" if a.encoder_lora else ""
         work = Path(a.work).expanduser() / f"{strategy}-p{a.pool}-k{a.k}-e{a.epochs}{suffix}"
         state_path = work / "state.json"
         state = json.loads(state_path.read_text()) if state_path.exists() else {"labelled": [], "rounds": []}
@@ -145,7 +147,8 @@ class Loop:
             state["labelled"] += picked
             samples = [TrainSample(c, *self.pool[c]) for c in state["labelled"]]
             t = time.time()
-            cfg = TrainConfig(epochs=self.args.epochs, train_proposer=self.args.train_proposer)
+            cfg = TrainConfig(epochs=self.args.epochs, train_proposer=self.args.train_proposer,
+                              encoder_lora_rank=self.args.encoder_lora)
             res = fine_tune(self.predictor, samples, store, cfg, proposer=self.proposer, proposer_store=proposer_store)
             train_min = (time.time() - t) / 60
             row = {"round": r, "labels": len(state["labelled"]), "dice": self.evaluate(), "published": res.published,
@@ -180,6 +183,8 @@ def main() -> None:
     ap.add_argument("--prompts", choices=["box", "text"], default="box")
     ap.add_argument("--train-proposer", action="store_true",
                     help="also fine-tune the qformer_lite proposer's heads each round (its own gate and store)")
+    ap.add_argument("--encoder-lora", type=int, default=0, metavar="RANK",
+                    help="also train rank-RANK adapters in the image encoder's last stage (radvlsm.training.lora)")
     ap.add_argument("--rescore", action="store_true",
                     help="rescore the pool under the current decoder every round (default: once, shipped decoder)")
     ap.add_argument("--work", default="~/.cache/radvlsm/bench_al")
@@ -198,6 +203,7 @@ def main() -> None:
         for s in args.strategies:
             curves[s] = loop.advance(s, r)
     trained = "LiteMedSAM decoder + prompt encoder" + (" + qformer_lite heads" if args.train_proposer else "")
+    trained += f" + rank-{args.encoder_lora} encoder adapters (last stage)" if args.encoder_lora else ""
     print(f"\nBUS-BRA pool {args.pool} (folds 1-4), eval first {args.eval} of fold 5, prompts={args.prompts}, "
           f"k={args.k}/round, {args.epochs} epochs/round, {trained}\n")
     print("| strategy | round | labels | eval Dice | published | val Dice before -> after | proposer: published, "

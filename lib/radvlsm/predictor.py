@@ -32,6 +32,13 @@ class Encoded:
     cache_hit: bool = False
     encode_ms: float = 0.0
     runtime: str = "eager"  # the encoder runtime that computed the embedding
+    #: the embedding of a fine-tuned (low-rank adapted) segmentation encoder, when one is served; the mask decoder
+    #: reads it, while the proposer and the diagnosis head keep reading ``embedding`` (what they were trained on)
+    seg_embedding: torch.Tensor | None = None
+
+    @property
+    def for_decoder(self) -> torch.Tensor:
+        return self.seg_embedding if self.seg_embedding is not None else self.embedding
 
 
 @dataclass
@@ -145,18 +152,28 @@ class SegmentPredictor:
                    "input_size": enc.input_size}
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
-    def _encode_compute(self, image: Image2D) -> Encoded:
+    def _encode_compute(self, image: Image2D, module: torch.nn.Module | None = None) -> Encoded:
+        """The runtime's encode, or ``module``'s (eager) when given (the adapted segmentation encoder)."""
         start = time.perf_counter()
         x, input_size = preprocess(self.backbone, image.rgb_uint8())
         with self._lock, torch.inference_mode():
-            emb = self.runtime.encode(x).to(self.device)
+            emb = (self.runtime.encode(x) if module is None else module(x.to(self.device))).to(self.device)
         return Encoded(emb, image.shape, input_size, encode_ms=(time.perf_counter() - start) * 1e3,
-                       runtime=self.runtime.name)
+                       runtime=self.runtime.name if module is None else "eager")
 
     def encode(self, image: Image2D) -> Encoded:
+        if self.decoder_watcher is not None:
+            self.decoder_watcher.refresh()
         enc, hit = self.cache.get_or_compute(self.cache_key(image), lambda: self._encode_now(image))
-        return Encoded(enc.embedding, enc.original_size, enc.input_size, cache_hit=hit,
-                       encode_ms=0.0 if hit else enc.encode_ms, runtime=enc.runtime)
+        seg_embedding, ms = None, 0.0 if hit else enc.encode_ms
+        adapted = self.decoder_watcher.segmentation_encoder if self.decoder_watcher is not None else None
+        if adapted is not None:  # (version, module): a second, eager encode for the mask decoder, cached too
+            version, module = adapted
+            key = (image.digest, self.backbone.name, self.backbone.version, f"segmentation-{version}")
+            seg, seg_hit = self.cache.get_or_compute(key, lambda: self._encode_compute(image, module))
+            seg_embedding, hit, ms = seg.embedding, hit and seg_hit, ms + (0.0 if seg_hit else seg.encode_ms)
+        return Encoded(enc.embedding, enc.original_size, enc.input_size, cache_hit=hit, encode_ms=ms,
+                       runtime=enc.runtime, seg_embedding=seg_embedding)
 
     def decode(self, enc: Encoded, box: np.ndarray | None = None, points: np.ndarray | None = None,
                labels: np.ndarray | None = None, multimask: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -191,10 +208,10 @@ class SegmentPredictor:
         with self._lock, torch.inference_mode():
             sparse, dense = self.backbone.prompt_encoder(points=points, boxes=boxes, masks=None)
             if onnx_decoder is not None:  # the runtime's exported decoder: all four outputs, sliced as SAM does
-                masks, iou = onnx_decoder.run(enc.embedding, sparse)
+                masks, iou = onnx_decoder.run(enc.for_decoder, sparse)
                 keep = slice(None) if multimask is None else slice(1, None) if multimask else slice(0, 1)
                 return masks[:, keep].to(self.device), iou[:, keep].to(self.device)
-            kwargs = dict(image_embeddings=enc.embedding, image_pe=self.backbone.prompt_encoder.get_dense_pe(),
+            kwargs = dict(image_embeddings=enc.for_decoder, image_pe=self.backbone.prompt_encoder.get_dense_pe(),
                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
             if multimask is None:
                 return self.backbone.mask_decoder.predict_masks(**kwargs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,13 @@ class Item:
     mask: np.ndarray  # (rows, cols) bool, the whole corrected label
     lesions: list[tuple[np.ndarray, np.ndarray]]  # per lesion: tight box in the model frame, mask (rows, cols)
     pathology: str | None = None
+    seg_embedding: torch.Tensor | None = None  # the served adapted segmentation encoder's embedding, if any
+    features: torch.Tensor | None = None  # input of the encoder's last stage, for training encoder adapters
+
+    @property
+    def decoder_embedding(self) -> torch.Tensor:
+        """What the mask decoder reads (the adapted encoder's embedding when one is served)."""
+        return self.seg_embedding if self.seg_embedding is not None else self.embedding
 
 
 def id_hash(image_id: str) -> int:
@@ -75,8 +83,14 @@ def lesion_components(mask: np.ndarray) -> list[np.ndarray]:
     return sorted(comps, key=lambda c: -int(c.sum()))
 
 
-def prepare(samples: list[TrainSample], predictor, max_lesions: int = 3) -> list[Item]:
-    """Load each pair, encode the image with the frozen encoder (memory/disk cached), skip empty masks."""
+def prepare(samples: list[TrainSample], predictor, max_lesions: int = 3,
+            features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[Item]:
+    """Load each pair, encode the image with the frozen encoder (memory/disk cached), skip empty masks.
+
+    ``features``: the frozen part of the encoder (:func:`radvlsm.training.lora.split_encoder`), run on each
+    preprocessed image when encoder adapters are trained."""
+    from radvlsm.predictor import preprocess
+
     transform = ResizeLongestSide(predictor.backbone.img_size)
     items = []
     for s in samples:
@@ -88,8 +102,15 @@ def prepare(samples: list[TrainSample], predictor, max_lesions: int = 3) -> list
             continue
         enc = predictor.encode(image)
         lesions = [(transform.apply_boxes(np.array(mask_to_box(c), np.float32), image.shape)[0], c) for c in comps]
-        items.append(Item(s.image_id, enc.embedding.detach().to("cpu", torch.float16), enc.original_size,
-                          enc.input_size, mask, lesions, s.pathology))
+        item = Item(s.image_id, enc.embedding.detach().to("cpu", torch.float16), enc.original_size,
+                    enc.input_size, mask, lesions, s.pathology)
+        if enc.seg_embedding is not None:
+            item.seg_embedding = enc.seg_embedding.detach().to("cpu", torch.float16)
+        if features is not None:
+            x, _ = preprocess(predictor.backbone, image.rgb_uint8())
+            with torch.inference_mode():
+                item.features = features(x.to(predictor.device)).to("cpu", torch.float16)
+        items.append(item)
     return items
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radvlsm.training.data import Item, error_click, jitter_box, model_frame_target
+from radvlsm.training.store import PARTS
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ class TrainConfig:
     #: the proposer's own training data, it did not help (README, "Learning from corrections"); meant for sites
     #: whose images are unlike BUS-BRA and Kvasir-SEG
     train_proposer: bool = False
+    #: > 0: also train rank-r adapters (LoRA) in the image encoder's last stage (radvlsm.training.lora); the
+    #: adapted encoder then serves the mask decoder only. 0 = the encoder stays frozen (default)
+    encoder_lora_rank: int = 0
+    encoder_lora_lr: float = 2e-4
     proposer_epochs: int = 5
     proposer_lr: float = 1e-4
     #: publish when validation Dice >= the served model's - tolerance (0: never publish a worse model)
@@ -90,10 +95,17 @@ class TrainOutcome:
 class PromptDecoder(nn.Module):
     """The trainable pair (prompt encoder + mask decoder), decoding a batch of (embedding, prompt) pairs."""
 
-    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module):
+    def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module, encoder_tail: nn.Module | None = None):
         super().__init__()
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
+        self.encoder_tail = encoder_tail  # radvlsm.training.lora.EncoderTail when encoder adapters train
+
+    def embed(self, items: list[Item]) -> torch.Tensor:
+        """The decoder's input for ``items``: the adapted tail on their cached features, else their embeddings."""
+        if self.encoder_tail is not None:
+            return self.encoder_tail(torch.cat([it.features for it in items]))
+        return torch.cat([it.decoder_embedding for it in items]).float()
 
     def forward(self, emb: torch.Tensor, boxes: torch.Tensor, points: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,14 +128,17 @@ class PromptDecoder(nn.Module):
         return logits, dec.iou_prediction_head(iou_out)[:, 0]
 
 
-def build_model(backbone, state: dict[str, torch.Tensor] | None, cfg: TrainConfig) -> PromptDecoder:
+def build_model(backbone, state: dict[str, torch.Tensor] | None, cfg: TrainConfig,
+                encoder_tail: nn.Module | None = None) -> PromptDecoder:
     """Copies of the backbone's prompt encoder and mask decoder (the served modules are never trained in place),
-    loaded with ``state`` (the version training starts from), with only the switched-on parts trainable."""
+    loaded with ``state`` (the version training starts from), with only the switched-on parts trainable;
+    ``encoder_tail`` (adapters on the encoder's last stage) trains with them when given."""
     model = PromptDecoder(copy.deepcopy(backbone.prompt_encoder), copy.deepcopy(backbone.mask_decoder)).cpu()
     if state is not None:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in PARTS}, strict=True)
     model.prompt_encoder.requires_grad_(cfg.train_prompt_encoder)
     model.mask_decoder.requires_grad_(cfg.train_decoder)
+    model.encoder_tail = encoder_tail
     return model
 
 
@@ -203,7 +218,10 @@ def train(model: PromptDecoder, items: list[Item], img_size: int, cfg: TrainConf
         return out
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed * 1000 + rank)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    tail = {id(p) for p in model.encoder_tail.parameters()} if model.encoder_tail is not None else set()
+    groups = [{"params": [p for p in params if id(p) not in tail], "lr": cfg.lr},
+              {"params": [p for p in params if id(p) in tail], "lr": cfg.encoder_lora_lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
     low_res = 4 * model.prompt_encoder.image_embedding_size[0]
     prompts = Prompts(items, img_size, low_res)
     jitter = cfg.box_jitter * img_size / 256
@@ -212,7 +230,7 @@ def train(model: PromptDecoder, items: list[Item], img_size: int, cfg: TrainConf
         totals, dices, steps = 0.0, 0.0, 0
         for batch in _shard(len(prompts), epoch, cfg.seed, rank, world, cfg.batch_size):
             entries = [prompts.entries[i] for i in batch]
-            emb = torch.cat([e[0].embedding for e in entries]).float()
+            emb = model.embed([e[0] for e in entries])
             boxes = torch.as_tensor(np.stack([jitter_box(e[1], e[0].input_size, jitter, rng) for e in entries]))
             target = torch.stack([e[2] for e in entries])
             logits, iou = model(emb, boxes)
@@ -261,7 +279,7 @@ def evaluate(model: PromptDecoder, items: list[Item], img_size: int) -> list[flo
     scores = []
     for item in items:
         boxes = torch.as_tensor(np.stack([b for b, _ in item.lesions]))
-        emb = item.embedding.float().expand(len(boxes), -1, -1, -1)
+        emb = model.embed([item]).expand(len(boxes), -1, -1, -1)
         logits, _ = model(emb, boxes)
         x = F.interpolate(logits[:, None], (img_size, img_size), mode="bilinear", align_corners=False)
         x = x[..., : item.input_size[0], : item.input_size[1]]

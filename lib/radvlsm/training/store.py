@@ -15,6 +15,7 @@ versions are never deleted, so ``restore(version)`` brings any of them (or ``shi
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import logging
@@ -34,6 +35,8 @@ SHIPPED = "shipped"
 _VERSION = re.compile(r"^v(\d{4,})$")
 #: the backbone parts a decoder checkpoint holds (the image encoder stays frozen, so embeddings stay valid)
 PARTS = ("prompt_encoder", "mask_decoder")
+#: key prefix of adapted image-encoder weights in a checkpoint (only runs with encoder adapters write them)
+ENCODER = "image_encoder"
 
 
 class TrainingBusy(RuntimeError):
@@ -219,6 +222,12 @@ class ModuleWatcher:
                              f"('current' is {version})")
                 return
 
+    def _apply(self, version: str, state: dict[str, torch.Tensor]) -> None:
+        """Load ``state`` into the modules (called under the lock)."""
+        for name, module in self.modules.items():
+            sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            module.load_state_dict(sub, strict=True)
+
     def _load(self, version: str) -> bool:
         kind = self.store.kind
         if version == SHIPPED:
@@ -236,9 +245,7 @@ class ModuleWatcher:
                 return False
             state = ckpt["state"]
         with self.lock:
-            for name, module in self.modules.items():
-                sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
-                module.load_state_dict(sub, strict=True)
+            self._apply(version, state)
         self.version, self.loaded_at = version, time.time()
         logger.info(f"radvlsm: now serving {kind} {version} from {self.store.root}")
         return True
@@ -246,9 +253,31 @@ class ModuleWatcher:
 
 class DecoderWatcher(ModuleWatcher):
     """Keeps a predictor's prompt encoder + mask decoder on the store's ``current`` version; a checkpoint
-    trained on another backbone version is refused."""
+    trained on another backbone version is refused.
+
+    A version trained with encoder adapters (``encoder_lora_rank``) also holds ``image_encoder.*`` weights: they
+    go into a separate copy of the image encoder, :attr:`segmentation_encoder`, which the predictor runs for the
+    mask decoder only; the backbone's own encoder (and so the proposer's and diagnosis head's input) is untouched.
+    """
 
     def __init__(self, store: DecoderStore, backbone, lock: threading.Lock):
         super().__init__(store, {part: getattr(backbone, part) for part in PARTS}, lock,
                          ("backbone_version", backbone.version))
         self.backbone = backbone
+        #: ``(version, encoder module)`` while a version with adapted encoder weights is served, else None
+        self.segmentation_encoder: tuple[str, torch.nn.Module] | None = None
+        self._encoder_copy: torch.nn.Module | None = None
+        self._encoder_shipped: dict[str, torch.Tensor] | None = None
+
+    def _apply(self, version: str, state: dict[str, torch.Tensor]) -> None:
+        super()._apply(version, state)
+        prefix = f"{ENCODER}."
+        adapted = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not adapted:
+            self.segmentation_encoder = None
+            return
+        if self._encoder_copy is None:
+            self._encoder_copy = copy.deepcopy(self.backbone.image_encoder).eval()
+            self._encoder_shipped = {k: v.detach().clone() for k, v in self._encoder_copy.state_dict().items()}
+        self._encoder_copy.load_state_dict({**self._encoder_shipped, **adapted}, strict=True)
+        self.segmentation_encoder = (version, self._encoder_copy)

@@ -25,7 +25,7 @@ from radvlsm.proposals.phrases import DEFAULT_PHRASE
 from radvlsm.training.data import TrainSample, prepare, split
 from radvlsm.training.loop import EpochLog, TrainConfig, build_model, evaluate, train
 from radvlsm.training.proposer import fine_tune_proposer
-from radvlsm.training.store import SHIPPED, DecoderStore, ProposerStore, decoder_state
+from radvlsm.training.store import ENCODER, PARTS, SHIPPED, DecoderStore, ProposerStore, decoder_state
 
 logger = logging.getLogger(__name__)
 
@@ -105,14 +105,16 @@ def _run(predictor, samples: list[TrainSample], store: DecoderStore, cfg: TrainC
     try:
         by_id = {s.image_id: s for s in samples}
         logger.info(f"training: {len(train_ids)} training / {len(val_ids)} validation images; base {base_version}")
-        train_items = prepare([by_id[i] for i in train_ids], predictor, cfg.max_lesions)
-        val_items = prepare([by_id[i] for i in val_ids], predictor, cfg.max_lesions) if rank == 0 else []
+        _check_encoder(predictor, base_version, state)
+        head, tail = _encoder_split(predictor, cfg)
+        train_items = prepare([by_id[i] for i in train_ids], predictor, cfg.max_lesions, head)
+        val_items = prepare([by_id[i] for i in val_ids], predictor, cfg.max_lesions, head) if rank == 0 else []
         if not train_items:
             raise ValueError("no training image has a non-empty label")
         result = RunResult(False, base_version, base_version, float("nan"), float("nan"), train_ids, val_ids)
         if cfg.train_decoder or cfg.train_prompt_encoder:
             result = _decoder_part(result, predictor, store, state, cfg, rank, train_items, val_items, stats,
-                                   progress, should_stop)
+                                   progress, should_stop, tail)
         else:
             result.reason = "decoder not trained (train_decoder and train_prompt_encoder are false)"
         if proposer_target is not None and rank == 0:
@@ -134,11 +136,15 @@ def _run(predictor, samples: list[TrainSample], store: DecoderStore, cfg: TrainC
 
 def _decoder_part(result: RunResult, predictor, store: DecoderStore, state: dict, cfg: TrainConfig, rank: int,
                   train_items: list, val_items: list, stats: StatsWriter,
-                  progress: Callable[[EpochLog], None] | None, should_stop: Callable[[], bool] | None) -> RunResult:
-    """Validate the served decoder, train a copy, validate it, publish it if not worse (rank 0)."""
+                  progress: Callable[[EpochLog], None] | None, should_stop: Callable[[], bool] | None,
+                  tail=None) -> RunResult:
+    """Validate the served decoder, train a copy (with the encoder adapters ``tail``, if any), validate it,
+    publish it if not worse (rank 0)."""
     img_size = predictor.backbone.img_size
     model = build_model(predictor.backbone, state, cfg)
+    # the served model's score first: before the adapters join (they start at zero, but it need not be assumed)
     result.dice_before = float(np.mean(evaluate(model, val_items, img_size))) if val_items else float("nan")
+    model.encoder_tail = tail
     stats.update(dice_before=result.dice_before, stage="decoder")
 
     def on_epoch(log: EpochLog) -> None:
@@ -149,18 +155,48 @@ def _decoder_part(result: RunResult, predictor, store: DecoderStore, state: dict
     result.epochs = train(model, train_items, img_size, cfg, on_epoch, should_stop).logs
     if rank == 0:
         result.dice_after = float(np.mean(evaluate(model, val_items, img_size))) if val_items else float("nan")
-        result = _gate_and_publish(result, model, predictor, store, cfg, len(train_items))
+        result = _gate_and_publish(result, model, predictor, store, cfg, len(train_items), state)
     return result
 
 
+def _check_encoder(predictor, base_version: str, state: dict) -> None:
+    """A served version with adapted encoder weights trains on that encoder's embeddings: the predictor must
+    be serving it (follow the store), or the decoder would learn from the wrong embeddings."""
+    if not any(k.startswith(f"{ENCODER}.") for k in state):
+        return
+    watcher = getattr(predictor, "decoder_watcher", None)
+    served = watcher.segmentation_encoder if watcher is not None else None
+    if served is None or served[0] != base_version:
+        raise ValueError(f"the served version {base_version} has an adapted image encoder, which this predictor "
+                         "does not serve; train through a predictor that follows the store (DecoderWatcher)")
+
+
+def _encoder_split(predictor, cfg: TrainConfig):
+    """``(head, tail)`` for training encoder adapters (``cfg.encoder_lora_rank`` > 0), from the served
+    segmentation encoder (an adapted one continues), else ``(None, None)``."""
+    if cfg.encoder_lora_rank <= 0:
+        return None, None
+    from radvlsm.training.lora import split_encoder
+
+    watcher = getattr(predictor, "decoder_watcher", None)
+    served = watcher.segmentation_encoder if watcher is not None else None
+    encoder = served[1] if served is not None else predictor.backbone.image_encoder
+    head, tail = split_encoder(predictor.backbone.name, encoder, cfg.encoder_lora_rank)
+    return head, tail.cpu()
+
+
 def _gate_and_publish(result: RunResult, model, predictor, store: DecoderStore, cfg: TrainConfig,
-                      n_train: int) -> RunResult:
+                      n_train: int, base: dict) -> RunResult:
     gain = result.dice_after - result.dice_before
     if not result.dice_after >= result.dice_before - cfg.tolerance:  # also refuses NaN
         result.reason = (f"not published: validation Dice {result.dice_after:.4f} < served "
                          f"{result.dice_before:.4f} - tolerance {cfg.tolerance}")
         return result
-    state = {k: v for k, v in model.state_dict().items()}
+    state = {k: v for k, v in model.state_dict().items() if k.split(".")[0] in PARTS}
+    # encoder weights: the new adapters merged, else the served version's own (a decoder trained on an adapted
+    # encoder's embeddings is published with that encoder)
+    encoder = {k: v for k, v in base.items() if k.startswith(f"{ENCODER}.")}
+    state.update(model.encoder_tail.merged_state() if model.encoder_tail is not None else encoder)
     meta = {"base_version": result.base_version, "dice_before": result.dice_before, "dice_after": result.dice_after,
             "train_ids": result.train_ids, "val_ids": result.val_ids, "train_images": n_train,
             "config": asdict(cfg), "losses": [e.loss for e in result.epochs]}
