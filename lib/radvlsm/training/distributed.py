@@ -22,7 +22,7 @@ from radvlsm.io import load_image
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.training.data import TrainSample
 from radvlsm.training.loop import TrainConfig
-from radvlsm.training.store import DecoderStore
+from radvlsm.training.store import DecoderStore, DecoderWatcher
 from radvlsm.training.trainer import fine_tune
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,11 @@ def _worker(rank: int, world: int, job: DistJob) -> None:
     try:
         predictor = SegmentPredictor(build_backbone(job.backbone, checkpoint=job.checkpoint, device=device),
                                      disk_cache=job.disk_cache)
-        result = fine_tune(predictor, job.samples, DecoderStore(job.store_root), TrainConfig(**job.config))
+        store = DecoderStore(job.store_root)
+        # serve the store's version (an adapted encoder included), as the launching server does
+        predictor.decoder_watcher = DecoderWatcher(store, predictor.backbone, predictor._lock)
+        predictor.decoder_watcher.refresh()
+        result = fine_tune(predictor, job.samples, store, TrainConfig(**job.config))
         if rank == 0:
             Path(job.workdir, "result.json").write_text(json.dumps(result.to_json()))
     finally:
