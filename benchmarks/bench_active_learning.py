@@ -125,6 +125,8 @@ class Loop:
         a = self.args
         suffix = ("" if a.prompts == "box" else f"-{a.prompts}") + ("-proposer" if a.train_proposer else "")
         suffix += f"-lora{a.encoder_lora}" if a.encoder_lora else ""
+        if a.encoder_lora and a.encoder_lora_lr != TrainConfig.encoder_lora_lr:
+            suffix += f"-lr{a.encoder_lora_lr:g}"
         work = Path(a.work).expanduser() / f"{strategy}-p{a.pool}-k{a.k}-e{a.epochs}{suffix}"
         state_path = work / "state.json"
         state = json.loads(state_path.read_text()) if state_path.exists() else {"labelled": [], "rounds": []}
@@ -148,7 +150,7 @@ class Loop:
             samples = [TrainSample(c, *self.pool[c]) for c in state["labelled"]]
             t = time.time()
             cfg = TrainConfig(epochs=self.args.epochs, train_proposer=self.args.train_proposer,
-                              encoder_lora_rank=self.args.encoder_lora)
+                              encoder_lora_rank=self.args.encoder_lora, encoder_lora_lr=self.args.encoder_lora_lr)
             res = fine_tune(self.predictor, samples, store, cfg, proposer=self.proposer, proposer_store=proposer_store)
             train_min = (time.time() - t) / 60
             row = {"round": r, "labels": len(state["labelled"]), "dice": self.evaluate(), "published": res.published,
@@ -185,6 +187,7 @@ def main() -> None:
                     help="also fine-tune the qformer_lite proposer's heads each round (its own gate and store)")
     ap.add_argument("--encoder-lora", type=int, default=0, metavar="RANK",
                     help="also train rank-RANK adapters in the image encoder's last stage (radvlsm.training.lora)")
+    ap.add_argument("--encoder-lora-lr", type=float, default=TrainConfig.encoder_lora_lr)
     ap.add_argument("--rescore", action="store_true",
                     help="rescore the pool under the current decoder every round (default: once, shipped decoder)")
     ap.add_argument("--work", default="~/.cache/radvlsm/bench_al")
@@ -203,7 +206,8 @@ def main() -> None:
         for s in args.strategies:
             curves[s] = loop.advance(s, r)
     trained = "LiteMedSAM decoder + prompt encoder" + (" + qformer_lite heads" if args.train_proposer else "")
-    trained += f" + rank-{args.encoder_lora} encoder adapters (last stage)" if args.encoder_lora else ""
+    trained += (f" + rank-{args.encoder_lora} encoder adapters (last stage, lr {args.encoder_lora_lr:g})"
+                if args.encoder_lora else "")
     print(f"\nBUS-BRA pool {args.pool} (folds 1-4), eval first {args.eval} of fold 5, prompts={args.prompts}, "
           f"k={args.k}/round, {args.epochs} epochs/round, {trained}\n")
     print("| strategy | round | labels | eval Dice | published | val Dice before -> after | proposer: published, "
