@@ -48,6 +48,18 @@ def test_zero_adapters_reproduce_the_encoder_and_merging_is_exact(predictor, x):
         assert torch.allclose(merged(x), adapted, atol=1e-4)
 
 
+def test_training_mode_leaves_the_stage_statistics_alone(predictor, x):
+    """The last stage has batch norms: a training-mode pass would overwrite their running statistics, which the
+    published merged weights do not carry. The tail stays in eval mode, so only the adapters change."""
+    head, tail = split_encoder("litemedsam", predictor.backbone.image_encoder, rank=4)
+    buffers = {k: v.clone() for k, v in tail.named_buffers()}
+    assert any("running_mean" in k for k in buffers)
+    tail.train()
+    assert not tail.training and not any(m.training for m in tail.modules())
+    tail(head(x)).mean().backward()
+    assert all(torch.equal(v, buffers[k]) for k, v in tail.named_buffers())
+
+
 def test_backbones_without_a_split_are_a_clear_error(predictor):
     with pytest.raises(ValueError, match="adapters are available for"):
         split_encoder("sam_vit_b", predictor.backbone.image_encoder, rank=4)

@@ -48,6 +48,11 @@ class EncoderTail(nn.Module):
         super().__init__()
         self.stage, self.neck, self.stage_key, self.grid = stage, neck, stage_key, grid
 
+    def train(self, mode: bool = True) -> EncoderTail:
+        """Always in eval mode: the stage's batch norms keep their statistics (a training-mode pass would replace
+        them with those of a few images, and they are not part of what is published) and nothing is dropped."""
+        return super().train(False)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.stage(features.float())
         b, _, c = x.shape
