@@ -130,3 +130,10 @@ def test_top1_iou_is_one_for_a_perfect_box(items, proposer, monkeypatch):
     assert top1_iou(proposer, it, "lesion") == pytest.approx(1.0)
     monkeypatch.setattr(proposer, "propose", lambda *a, **k: Proposal([], 0.1))
     assert top1_iou(proposer, it, "lesion") == 0.0
+
+
+def test_no_epochs_trains_nothing_and_publishes_nothing(tmp_path, items, proposer):
+    store = ProposerStore(tmp_path / "qformer_lite")
+    run = fine_tune_proposer(proposer, items[1:], items[:1], store, epochs=0, lr=1e-3, tolerance=1.0)
+    assert not run.published and run.losses == [] and "not trained" in run.reason
+    assert (run.iou_after, run.hit_after) == (run.iou_before, run.hit_before) and store.versions() == []

@@ -8,7 +8,6 @@ the lesion with :mod:`radvlsm.proposals.refine` on request; it is off by default
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 
 from radvlsm.errors import CheckpointError
 from radvlsm.io import Image2D
+from radvlsm.models.registry import file_version
 from radvlsm.predictor import Encoded, SegmentPredictor
 from radvlsm.proposals.base import Candidate, Proposal, register_proposer
 from radvlsm.proposals.boxes import heatmap_boxes, nms
@@ -61,7 +61,7 @@ class QFormerLiteProposer:
         self.threshold = float(meta.get("match_threshold", 0.5))
         self.heat_threshold = float(meta.get("heat_threshold", 0.5))
         self.text_encoder = text_encoder or shared_text_encoder()
-        self.base_id = checkpoint_id(self.checkpoint)
+        self.base_id = file_version(self.checkpoint)  # fine-tunes are served only over the checkpoint they left
         self._lock = threading.Lock()
         self.watcher = None
         if store is not None:
@@ -129,12 +129,7 @@ class QFormerLiteProposer:
         t2 = time.perf_counter()
         return Proposal(candidates, match, heat, self.name,
                         {"encode": enc.encode_ms, "propose": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3},
-                        version=self.version)
-
-
-def checkpoint_id(path: Path) -> str:
-    """A short content hash: fine-tunes record the checkpoint they started from and are served only over it."""
-    return hashlib.sha1(path.read_bytes()).hexdigest()[:12]
+                        version=self.watcher.version if self.watcher is not None else "shipped")
 
 
 @register_proposer("qformer_lite")

@@ -124,6 +124,12 @@ def fine_tune_proposer(proposer, train_items: list[Item], val_items: list[Item],
     img_size = proposer.predictor.backbone.img_size
     before = validate(proposer, val_items, text)
     run = ProposerRun(False, base_version, base_version, before[0], float("nan"), before[1], float("nan"))
+    if epochs == 0 or not train_items:  # nothing changes: the served proposer's scores are the answer
+        run.iou_after, run.hit_after = before
+        run.reason = "proposer not trained (no epochs or no training image)"
+        run.seconds = round(time.time() - started, 2)
+        logger.info(f"training: {run.reason}")
+        return run
     feats = proposer.text_encoder.encode(text)
     data = HeadData(model, train_items, feats.tokens, feats.mask, img_size)
     model.requires_grad_(False)
@@ -150,9 +156,7 @@ def fine_tune_proposer(proposer, train_items: list[Item], val_items: list[Item],
         run.losses.append(round(total / max(len(data), 1), 5))
     model.eval().requires_grad_(False)
     run.iou_after, run.hit_after = validate(proposer.with_model(model), val_items, text)
-    if epochs == 0 or not len(data):
-        run.reason = "proposer not trained (no epochs or no training image)"
-    elif not run.iou_after >= run.iou_before - tolerance:  # also refuses NaN (no validation image)
+    if not run.iou_after >= run.iou_before - tolerance:  # also refuses NaN (no validation image)
         run.reason = (f"proposer not published: validation top-1 box IoU {run.iou_after:.4f} < served "
                       f"{run.iou_before:.4f} - tolerance {tolerance}")
     else:

@@ -267,7 +267,6 @@ class DecoderWatcher(ModuleWatcher):
         #: ``(version, encoder module)`` while a version with adapted encoder weights is served, else None
         self.segmentation_encoder: tuple[str, torch.nn.Module] | None = None
         self._encoder_copy: torch.nn.Module | None = None
-        self._encoder_shipped: dict[str, torch.Tensor] | None = None
 
     def _apply(self, version: str, state: dict[str, torch.Tensor]) -> None:
         super()._apply(version, state)
@@ -278,6 +277,6 @@ class DecoderWatcher(ModuleWatcher):
             return
         if self._encoder_copy is None:
             self._encoder_copy = copy.deepcopy(self.backbone.image_encoder).eval()
-            self._encoder_shipped = {k: v.detach().clone() for k, v in self._encoder_copy.state_dict().items()}
-        self._encoder_copy.load_state_dict({**self._encoder_shipped, **adapted}, strict=True)
+        # the backbone's own encoder is never changed: it is the shipped base the adapted weights replace parts of
+        self._encoder_copy.load_state_dict({**self.backbone.image_encoder.state_dict(), **adapted}, strict=True)
         self.segmentation_encoder = (version, self._encoder_copy)

@@ -159,13 +159,18 @@ def _decoder_part(result: RunResult, predictor, store: DecoderStore, state: dict
     return result
 
 
+def _served_encoder(predictor):
+    """``(version, module)`` of the adapted segmentation encoder the predictor serves, or None."""
+    watcher = getattr(predictor, "decoder_watcher", None)
+    return watcher.segmentation_encoder if watcher is not None else None
+
+
 def _check_encoder(predictor, base_version: str, state: dict) -> None:
     """A served version with adapted encoder weights trains on that encoder's embeddings: the predictor must
     be serving it (follow the store), or the decoder would learn from the wrong embeddings."""
     if not any(k.startswith(f"{ENCODER}.") for k in state):
         return
-    watcher = getattr(predictor, "decoder_watcher", None)
-    served = watcher.segmentation_encoder if watcher is not None else None
+    served = _served_encoder(predictor)
     if served is None or served[0] != base_version:
         raise ValueError(f"the served version {base_version} has an adapted image encoder, which this predictor "
                          "does not serve; train through a predictor that follows the store (DecoderWatcher)")
@@ -178,8 +183,7 @@ def _encoder_split(predictor, cfg: TrainConfig):
         return None, None
     from radvlsm.training.lora import split_encoder
 
-    watcher = getattr(predictor, "decoder_watcher", None)
-    served = watcher.segmentation_encoder if watcher is not None else None
+    served = _served_encoder(predictor)
     encoder = served[1] if served is not None else predictor.backbone.image_encoder
     head, tail = split_encoder(predictor.backbone.name, encoder, cfg.encoder_lora_rank)
     return head, tail.cpu()
