@@ -4,6 +4,7 @@ any folder pair whose file stems match."""
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -21,6 +22,33 @@ def kvasir(split: str, data: Path = DATA) -> list[tuple[Path, Path, str]]:
     return [(p, root / "masks" / p.name, p.stem) for p in sorted((root / "images").glob("*.jpg"))]
 
 
+def held_out(case: str) -> bool:
+    """The patient-wise report split of a set without official folds: ``sha1(case) mod 5 == 0`` (~20 %)."""
+    return int(hashlib.sha1(case.encode()).hexdigest(), 16) % 5 == 0
+
+
+def ddti(split: str, data: Path = DATA) -> list[tuple[Path, Path, str]]:
+    """DDTI thyroid nodules split by case: ``test`` (held out, never trained on) or ``train``."""
+    root = data / "ddti"
+    with open(root / "info.csv") as f:
+        rows = [r for r in csv.DictReader(f) if held_out(r["case"]) == (split == "test")]
+    return [(root / "images" / f"{r['id']}.jpg", root / "masks" / f"{r['id']}.png", r["id"]) for r in rows]
+
+
+def uclm(kind: str, data: Path = DATA) -> list[tuple[Path, Path, str]]:
+    """BUS-UCLM ``lesion`` images (benign and malignant) or ``normal`` (lesion-free) ones, all patients."""
+    root = data / "bus-uclm"
+    with open(root / "info.csv") as f:
+        rows = [r for r in csv.DictReader(f) if (r["pathology"] == "normal") == (kind == "normal")]
+    return [(root / "images" / f"{r['id']}.jpg", root / "masks" / f"{r['id']}.png", r["id"]) for r in rows]
+
+
+def uclm_pathology(data: Path = DATA) -> dict[str, int]:
+    """BUS-UCLM id -> 1 malignant / 0 benign (lesion images only)."""
+    with open(data / "bus-uclm" / "info.csv") as f:
+        return {r["id"]: int(r["pathology"] == "malignant") for r in csv.DictReader(f) if r["pathology"] != "normal"}
+
+
 def folder(images: Path, masks: Path) -> list[tuple[Path, Path, str]]:
     by_stem = {p.stem.removeprefix("mask_"): p for p in Path(masks).iterdir()}
     return [(p, by_stem[p.stem], p.stem) for p in sorted(Path(images).iterdir()) if p.stem in by_stem]
@@ -31,6 +59,10 @@ PRESETS = {
     "busbra-train": lambda: busbra({1, 2, 3, 4}),
     "kvasir-val": lambda: kvasir("validation"),
     "kvasir-train": lambda: kvasir("train"),
+    "ddti-test": lambda: ddti("test"),
+    "ddti-train": lambda: ddti("train"),
+    "uclm-lesion": lambda: uclm("lesion"),
+    "uclm-normal": lambda: uclm("normal"),
 }
 
 

@@ -7,7 +7,13 @@ For BUS-BRA folds 1-4 and Kvasir-SEG train (never BUS-BRA fold 5 or Kvasir valid
 crops from BUS-BRA as "normal" negatives. Text features of every phrase are precomputed with MiniLM here, and the
 LiteMedSAM encoder weights are written in fp16.
 
+The cross-site recipe (model/qformer_lite/README.md) adds DDTI's training cases (thyroid, split by case), copies
+of every image through ``ScannerAugment`` (other scanners' tone curves, speckle, blur, resolution, zoom, tints,
+burnt-in text, calipers, body-marker icons, flips) and lossless PNG storage; ``--domains ...,uclm`` adds BUS-UCLM
+(its lesion and real lesion-free images) for the shipped all-sites model only.
+
     python scripts/proposer_pack.py --out .carry/proposer
+    python scripts/proposer_pack.py --out .carry/xsite --domains busbra,kvasir,ddti --augment 1 --lossless
 """
 
 from __future__ import annotations
@@ -30,15 +36,15 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.datasets import DATA, busbra, kvasir  # noqa: E402
+from benchmarks.datasets import DATA, busbra, ddti, kvasir, uclm  # noqa: E402
 from radvlsm.geometry import ResizeLongestSide, mask_to_box  # noqa: E402
 from radvlsm.io import Image2D, load_image, load_mask  # noqa: E402
 from radvlsm.proposals.phrases import NEGATIVES, phrases_for  # noqa: E402
 from radvlsm.text import TextEncoder  # noqa: E402
 from radvlsm.training.proposer import box_target  # noqa: E402
+from radvlsm.training.scanner_augment import ScannerAugment  # noqa: E402
 
 SIZE, GRID = 256, 64
-DOMAIN_IDS = {"breast": 0, "polyp": 1, "normal": -1}
 
 
 def resize_uint8(rgb: np.ndarray) -> np.ndarray:
@@ -70,46 +76,123 @@ def lesion_free_crop(pixels: np.ndarray, mask: np.ndarray, margin: int = 8, min_
     return pixels[cy0:cy1, cx0:cx1]
 
 
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def jpeg(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=ROOT / ".carry" / "proposer")
-    ap.add_argument("--limit", type=int, default=None, help="first N images per dataset (for a quick test)")
-    args = ap.parse_args()
-    rng = random.Random(0)
-    with open(DATA / "bus-bra" / "bus_data.csv") as f:
-        meta = {r["ID"]: r for r in csv.DictReader(f)}
-    items = [(p, m, c, "breast") for p, m, c in busbra({1, 2, 3, 4})[: args.limit]]
-    items += [(p, m, c, "polyp") for p, m, c in kvasir("train")[: args.limit]]
-    records, blobs = [], []
-    for i, (img_path, mask_path, case, domain) in enumerate(items):
-        img = load_image(img_path)
-        mask = load_mask(mask_path, img.shape) > 0
-        rgb = img.rgb_uint8()
-        gray = rgb[..., :1] if domain == "breast" else rgb
-        md = {}
-        if domain == "breast":
-            r = meta[case]
+def ddti_meta() -> dict[str, dict[str, str]]:
+    with open(DATA / "ddti" / "info.csv") as f:
+        return {r["id"]: ({"tirads": r["tirads"]} if r["tirads"] else {}) for r in csv.DictReader(f)}
+
+
+def uclm_meta() -> dict[str, dict[str, str]]:
+    with open(DATA / "bus-uclm" / "info.csv") as f:
+        return {r["id"]: ({"pathology": r["pathology"]} if r["pathology"] != "normal" else {})
+                for r in csv.DictReader(f)}
+
+
+def parse_limits(text: str | None, domains: list[str]) -> dict[str, int | None]:
+    """``N`` (every set) or ``busbra=500,kvasir=150``: the first N images of each set."""
+    if not text:
+        return {d: None for d in domains}
+    if "=" not in text:
+        return {d: int(text) for d in domains}
+    given = {k.strip(): int(v) for k, v in (part.split("=") for part in text.split(","))}
+    return {d: given.get(d) for d in domains}
+
+
+def take(items: list, n: int | None) -> list:
+    """A seeded random ``n`` of ``items`` in their order (all when ``n`` is None): a subset spans every device."""
+    if n is None or n >= len(items):
+        return items
+    keep = set(random.Random(0).sample(range(len(items)), n))
+    return [x for i, x in enumerate(items) if i in keep]
+
+
+def training_items(domains: list[str], limits: dict[str, int | None]) -> list[tuple[Path, Path, str, str, dict]]:
+    """(image, mask, id, domain, metadata) of every training image of the named sets; report splits never."""
+    items: list[tuple[Path, Path, str, str, dict]] = []
+    if "busbra" in domains:
+        with open(DATA / "bus-bra" / "bus_data.csv") as f:
+            meta = {r["ID"]: r for r in csv.DictReader(f)}
+        for p, m, c in take(busbra({1, 2, 3, 4}), limits.get("busbra")):
+            r = meta[c]
             md = {"pathology": r["Pathology"], "birads": r["BIRADS"]}
             if r["Side"] in ("left", "right"):
                 md["side"] = r["Side"]
-        ps = phrases_for(domain, md, mask, rgb[..., 0])
-        small = resize_uint8(gray)
-        records.append({"id": case, "domain": domain, "size": list(small.shape[:2]), "positives": ps.positives,
-                        "negatives": ps.negatives, "box": box_target(mask).tolist()})
-        blobs.append((jpeg(small), soft_mask_grid(mask)))
-        if domain == "breast" and rng.random() < 0.5:
+            items.append((p, m, c, "breast", md))
+    if "kvasir" in domains:
+        items += [(p, m, c, "polyp", {}) for p, m, c in take(kvasir("train"), limits.get("kvasir"))]
+    if "ddti" in domains:
+        md = ddti_meta()
+        items += [(p, m, c, "thyroid", md[c]) for p, m, c in take(ddti("train"), limits.get("ddti"))]
+    if "uclm" in domains:  # only for the shipped all-sites model: BUS-UCLM is the cross-site report set
+        md = uclm_meta()
+        items += [(p, m, c, "breast", md[c]) for p, m, c in take(uclm("lesion"), limits.get("uclm"))]
+        items += [(p, m, c, "normal", {}) for p, m, c in take(uclm("normal"), limits.get("uclm"))]
+    return items
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / ".carry" / "proposer")
+    ap.add_argument("--limit", default=None, help="N images per dataset (seeded sample), or busbra=500,kvasir=150,...")
+    ap.add_argument("--domains", default="busbra,kvasir",
+                    help="comma-separated training sets: busbra, kvasir, ddti, uclm (uclm: the shipped model only)")
+    ap.add_argument("--augment", type=int, default=0,
+                    help="scanner/export-augmented copies per image (radvlsm.training.scanner_augment)")
+    ap.add_argument("--keep-original", type=float, default=1.0,
+                    help="share of images also packed unaugmented when --augment > 0")
+    ap.add_argument("--lossless", action="store_true", help="PNG instead of JPEG q90 (train at the encoder's input)")
+    args = ap.parse_args()
+    rng = random.Random(0)
+    nprng = np.random.default_rng(0)
+    augment = ScannerAugment()
+    domains = [d.strip() for d in args.domains.split(",") if d.strip()]
+    items = training_items(domains, parse_limits(args.limit, domains))
+    records, blobs = [], []
+    encode = png if args.lossless else jpeg
+
+    def add(rec_id: str, domain: str, rgb: np.ndarray, mask: np.ndarray, md: dict, gray_ok: bool) -> None:
+        if domain == "normal" or not mask.any():
+            ps, box = None, [0, 0, 0, 0]
+        else:
+            ps, box = phrases_for(domain, md, mask, rgb[..., 0]), box_target(mask).tolist()
+        colour = not gray_ok or not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
+        small = resize_uint8(rgb if colour else rgb[..., :1])
+        records.append({"id": rec_id, "domain": "normal" if ps is None else domain, "size": list(small.shape[:2]),
+                        "positives": [] if ps is None else ps.positives,
+                        "negatives": NEGATIVES["normal"] if ps is None else ps.negatives, "box": box})
+        blobs.append((encode(small), soft_mask_grid(mask) if mask.any() else np.zeros((GRID, GRID), np.uint8)))
+
+    for i, (img_path, mask_path, case, domain, md) in enumerate(items):
+        img = load_image(img_path)
+        mask = load_mask(mask_path, img.shape) > 0
+        rgb = img.rgb_uint8()
+        gray_ok = domain != "polyp"
+        if args.augment == 0 or rng.random() < args.keep_original:
+            add(case, domain, rgb, mask, md, gray_ok)
+        for k in range(args.augment):
+            a, am = augment(rgb, mask, nprng)
+            add(f"{case}-aug{k}", domain, a, am, md, gray_ok)
+        if domain == "breast" and mask.any() and rng.random() < 0.5:
             crop = lesion_free_crop(rgb[..., :1], mask)
             if crop is not None:
-                small = resize_uint8(Image2D(crop.astype(np.float32)).rgb_uint8()[..., :1])
-                records.append({"id": f"{case}-normal", "domain": "normal", "size": list(small.shape[:2]),
-                                "positives": [], "negatives": NEGATIVES["normal"], "box": [0, 0, 0, 0]})
-                blobs.append((jpeg(small), np.zeros((GRID, GRID), np.uint8)))
+                crop_rgb = Image2D(crop.astype(np.float32)).rgb_uint8()
+                empty = np.zeros(crop_rgb.shape[:2], bool)
+                if args.augment == 0 or rng.random() < args.keep_original:
+                    add(f"{case}-normal", "normal", crop_rgb, empty, {}, True)
+                if args.augment:
+                    a, _ = augment(crop_rgb, empty, nprng)
+                    add(f"{case}-normal-aug", "normal", a, np.zeros(a.shape[:2], bool), {}, True)
         if (i + 1) % 200 == 0:
             print(f"{i + 1}/{len(items)}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

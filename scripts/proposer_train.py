@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "lib"))
+sys.path.insert(0, str(ROOT / "lib"))  # the pack's own encoder needs only lib/; --runtime imports radvlsm
 
 from radvlsm.proposals.phrases import DEFAULT_PHRASE, PhraseSet, sample_pair  # noqa: E402
 from radvlsm.proposals.qformer_model import (  # noqa: E402
@@ -36,7 +36,8 @@ from radvlsm.proposals.qformer_model import (  # noqa: E402
     valid_grid,
 )
 
-DOMAIN_IDS = {"breast": 0, "polyp": 1, "normal": -1}
+DOMAIN_IDS = {"breast": 0, "polyp": 1, "thyroid": 2, "normal": -1}
+WRONG_PHRASE = {"breast": "colon polyp", "polyp": "breast lesion", "thyroid": "colon polyp"}
 
 
 def build_encoder(pack: Path, device: str) -> torch.nn.Module:
@@ -78,6 +79,31 @@ def embed_all(images: list[np.ndarray], encoder, device: str, batch: int = 64) -
     return torch.stack(out, 1)
 
 
+def embed_resumable(images: list[np.ndarray], pack: Path, runtime: str, mirror: bool) -> torch.Tensor:
+    """(N, V, 256, 64, 64) fp16 through the project's own encoder runtime (``onnx`` on a CPU: what the server
+    serves), written to ``pack/embeddings-<runtime>.npy`` as it goes, so an interrupted run resumes."""
+    from radvlsm.models import build_backbone
+    from radvlsm.runtimes import build_runtime
+
+    views = 2 if mirror else 1
+    path, done_path = pack / f"embeddings-{runtime}-v{views}.npy", pack / f"embeddings-{runtime}-v{views}.done"
+    shape = (len(images), views, 256, 64, 64)
+    mode = "r+" if path.exists() else "w+"
+    arr = np.lib.format.open_memmap(path, mode=mode, dtype=np.float16, shape=shape)
+    done = int(done_path.read_text()) if done_path.exists() and mode == "r+" else 0
+    if done < len(images):
+        enc = build_runtime(runtime, build_backbone("litemedsam", device="cpu"))
+        t0 = time.time()
+        for i in range(done, len(images)):
+            for v in range(views):
+                arr[i, v] = enc.encode(encoder_input(images[i], bool(v))[None]).cpu().numpy().astype(np.float16)
+            if (i + 1) % 50 == 0 or i + 1 == len(images):
+                arr.flush()
+                done_path.write_text(str(i + 1))
+                print(f"embedded {i + 1}/{len(images)} ({time.time() - t0:.0f}s)", flush=True)
+    return torch.from_numpy(np.array(np.load(path, mmap_mode="r")))
+
+
 def flip_grid(m: torch.Tensor, cols: int) -> torch.Tensor:
     out = m.clone()
     out[..., :cols] = m[..., :cols].flip(-1)
@@ -116,6 +142,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--init", type=Path, default=None, help="start from this checkpoint (fine-tune)")
+    ap.add_argument("--runtime", default=None,
+                    help="embed with the project's encoder runtime (e.g. onnx on a CPU), resumable in the pack dir")
+    ap.add_argument("--no-mirror", action="store_true", help="one view per image (the pack holds flipped copies)")
     args = ap.parse_args()
     torch.manual_seed(0)
     rng = random.Random(0)
@@ -128,8 +158,14 @@ def main() -> None:
     boxes = torch.from_numpy(pack["boxes"][: len(records)])
     text = torch.load(args.pack / "text.pt", weights_only=True)
     phrase_index = {p: i for i, p in enumerate(text["phrases"])}
-    embeddings = embed_all(images, build_encoder(args.pack, args.device), args.device)
-    print(f"embedded {len(images)} images x2 in {time.time() - t0:.0f}s on {args.device}", flush=True)
+    if args.runtime:
+        embeddings = embed_resumable(images, args.pack, args.runtime, not args.no_mirror)
+    else:
+        embeddings = embed_all(images, build_encoder(args.pack, args.device), args.device)
+        if args.no_mirror:
+            embeddings = embeddings[:, :1]
+    views = embeddings.shape[1]
+    print(f"embedded {len(images)} images x{views} in {time.time() - t0:.0f}s on {args.device}", flush=True)
     valid = torch.stack([valid_grid(tuple(r["size"])) for r in records])
     ids = list(range(len(records)))
     rng.shuffle(ids)
@@ -138,6 +174,10 @@ def main() -> None:
     sets = [PhraseSet(r["positives"], r["negatives"]) for r in records]
 
     model = QFormerLite(QFormerLiteConfig()).to(args.device)
+    if args.init is not None:
+        init = torch.load(args.init, map_location="cpu", weights_only=True)
+        model.load_state_dict({k: v.float() for k, v in init["state_dict"].items()})
+        print(f"fine-tuning from {args.init}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     steps = args.epochs * math.ceil(len(train_ids) / args.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.05)
@@ -146,7 +186,7 @@ def main() -> None:
         emb, mk, bx, vd, toks, tmask, sent, match, dom = [], [], [], [], [], [], [], [], []
         for i in idx:
             r = records[i]
-            flip = train and rng.random() < 0.5
+            flip = train and views > 1 and rng.random() < 0.5
             if phrase is None:
                 p, is_match = sample_pair(sets[i], rng)
             else:
@@ -215,17 +255,17 @@ def main() -> None:
         heat_iou = heat_ious[heat_threshold]
         metrics["heat_threshold"] = heat_threshold
         pos_p = out["itm"].sigmoid().cpu()
-        wrong = {"breast": "colon polyp", "polyp": "breast lesion"}
         neg_p = []
         for i in lesion_ids:
-            bn = make_batch([i], train=False, phrase=wrong[records[i]["domain"]])
+            bn = make_batch([i], train=False, phrase=WRONG_PHRASE[records[i]["domain"]])
             neg_p.append(float(model(bn["embedding"], bn["valid"], bn["tokens"], bn["token_mask"])["itm"].sigmoid()))
         normal_ids = [i for i in val_ids if records[i]["domain"] == "normal"]
         if normal_ids:
             bn = make_batch(normal_ids, train=False, phrase=DEFAULT_PHRASE)
             neg_p += model(bn["embedding"], bn["valid"], bn["tokens"], bn["token_mask"])["itm"].sigmoid().tolist()
         neg_p_t = torch.tensor(neg_p)
-        for dom in ("breast", "polyp"):
+        present = [d for d in ("breast", "polyp", "thyroid") if any(records[i]["domain"] == d for i in lesion_ids)]
+        for dom in present:
             sel = torch.tensor([records[i]["domain"] == dom for i in lesion_ids])
             metrics[f"{dom}_head_iou50"] = float((head_iou.cpu()[sel] >= 0.5).float().mean())
             metrics[f"{dom}_heat_iou50"] = float((torch.tensor(heat_iou)[sel] >= 0.5).float().mean())
@@ -236,8 +276,8 @@ def main() -> None:
         metrics["match_threshold"] = thr
         metrics["pos_above"] = float((pos_p >= thr).float().mean())
         metrics["neg_above"] = float((neg_p_t >= thr).float().mean())
-    head_score = metrics["breast_head_iou50"] + metrics["polyp_head_iou50"]
-    heat_score = metrics["breast_heat_iou50"] + metrics["polyp_heat_iou50"]
+    head_score = sum(metrics[f"{d}_head_iou50"] for d in present)
+    heat_score = sum(metrics[f"{d}_heat_iou50"] for d in present)
     rank = "box_head" if head_score >= heat_score else "heatmap"
     print("held-back:", json.dumps({k: round(v, 4) for k, v in metrics.items()}), "rank:", rank, flush=True)
 
@@ -246,7 +286,7 @@ def main() -> None:
     torch.save({"config": model.cfg.to_dict(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                 "rank": rank, "match_threshold": thr, "heat_threshold": heat_threshold,
                 "default_phrase": DEFAULT_PHRASE, "heldback_metrics": metrics, "epochs": args.epochs,
-                "train_images": len(train_ids)}, tmp)
+                "train_images": len(train_ids), "init": str(args.init) if args.init else None}, tmp)
     tmp.replace(args.out / "qformer_lite.pt")
     (args.out / "train_log.json").write_text(json.dumps({"metrics": metrics, "rank": rank, "args": {
         k: str(v) for k, v in vars(args).items()}, "seconds": time.time() - t0}, indent=2))

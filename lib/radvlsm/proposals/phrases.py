@@ -30,12 +30,23 @@ DOMAINS: dict[str, dict[str, list[str]]] = {
                     "colorectal polyp", "endoscopic polyp", "the polyp in the colon"],
         "morphology": ["{size} colon polyp", "{size} polyp"],
     },
+    # thyroid ultrasound (DDTI): another organ of the same modality, so the proposer learns lesions, not a site
+    "thyroid": {
+        "generic": ["lesion", "the lesion", "thyroid nodule", "nodule", "a nodule in the thyroid ultrasound",
+                    "thyroid lesion", "thyroid mass", "the thyroid nodule"],
+        "tirads": ["TI-RADS {tirads} thyroid nodule"],
+        "morphology": ["{shape} thyroid nodule", "{echo} thyroid nodule", "{echo} nodule with {margin} margins"],
+    },
 }
 #: Phrases that name nothing in an image of a given domain (used as image-text mismatches).
 NEGATIVES: dict[str, list[str]] = {
     "breast": ["colon polyp", "polyp", "a polyp in the colonoscopy image", "colorectal polyp", "endoscopic polyp"],
     "polyp": ["breast lesion", "breast mass", "a mass in the breast ultrasound", "breast tumor",
-              "the breast nodule", "BI-RADS 4 breast lesion", "malignant breast mass"],
+              "the breast nodule", "BI-RADS 4 breast lesion", "malignant breast mass", "thyroid nodule",
+              "a nodule in the thyroid ultrasound"],
+    # organs of the same modality are not made mismatches of each other: a new site's image should not be
+    # refused for looking like another organ's scan
+    "thyroid": ["colon polyp", "polyp", "a polyp in the colonoscopy image", "colorectal polyp", "endoscopic polyp"],
     # lesion-free crops: every lesion phrase is a mismatch
     "normal": ["lesion", "the lesion", "breast lesion", "breast mass", "a mass in the breast ultrasound",
                "breast tumor", "malignant breast mass", "benign breast lesion", "BI-RADS 4 breast lesion"],
@@ -117,7 +128,8 @@ def all_phrases() -> list[str]:
     """Every phrase training can produce, for precomputing text features (slots filled with their vocabularies)."""
     vocab = {"pathology": ["benign", "malignant"], "birads": ["2", "3", "4", "5"], "side": ["left", "right"],
              "shape": ["oval", "round", "irregular"], "margin": ["circumscribed", "not circumscribed"],
-             "echo": ["hypoechoic", "isoechoic", "hyperechoic"], "size": ["small", "medium", "large"]}
+             "echo": ["hypoechoic", "isoechoic", "hyperechoic"], "size": ["small", "medium", "large"],
+             "tirads": ["2", "3", "4a", "4b", "4c", "5"]}
     out = {DEFAULT_PHRASE}
     for groups in DOMAINS.values():
         for templates in groups.values():
