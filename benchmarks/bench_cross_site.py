@@ -161,8 +161,9 @@ def summarise(name: str, rows: list[dict]) -> list[str]:
                            f"{_met(no_lesion <= CROSS_NO_LESION)}")
             elif name in IN_DOMAIN:
                 targets = f"Dice >= {IN_DOMAIN[name]}: {_met(d.mean() >= IN_DOMAIN[name])}"
+            share = d.mean() / max(ref.mean(), 1e-9)
             out.append(f"| {name} | {phrase} | {len(lesion)} | {d.mean():.4f} | {np.median(d):.4f} | {ref.mean():.4f} "
-                       f"| {d.mean() / max(ref.mean(), 1e-9):.1%} | {top1.mean():.1%} | {no_lesion:.1%} | - | {targets} |")
+                       f"| {share:.1%} | {top1.mean():.1%} | {no_lesion:.1%} | - | {targets} |")
         else:
             fp = found.mean()
             out.append(f"| {name} | {phrase} | {len(rs)} | - | - | - | - | - | - | {fp:.1%} "

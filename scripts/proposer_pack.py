@@ -166,7 +166,8 @@ def main() -> None:
             ps, box = None, [0, 0, 0, 0]
         else:
             ps, box = phrases_for(domain, md, mask, rgb[..., 0]), box_target(mask).tolist()
-        colour = not gray_ok or not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
+        gray = np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+        colour = not gray_ok or not gray
         small = resize_uint8(rgb if colour else rgb[..., :1])
         records.append({"id": rec_id, "domain": "normal" if ps is None else domain, "size": list(small.shape[:2]),
                         "positives": [] if ps is None else ps.positives,
