@@ -5,6 +5,10 @@ Q-Former then trains on those embeddings. A seeded 8 % of the packed training im
 ranking rule and the match threshold (BUS-BRA fold 5 and Kvasir validation are never seen here).
 
     python scripts/proposer_train.py --pack .carry/proposer --out model/qformer_lite [--epochs 40] [--device cuda]
+    # the cross-site recipe on a CPU (model/qformer_lite/README.md): fine-tune the shipped weights on scanner-
+    # augmented packs, embedded by the server's own encoder runtime
+    python scripts/proposer_train.py --pack .carry/xsite --out OUT --epochs 3 --batch 32 --lr 1e-4 \
+        --runtime onnx --no-mirror --init model/qformer_lite/qformer_lite.pt
 """
 
 from __future__ import annotations
@@ -104,6 +108,41 @@ def embed_resumable(images: list[np.ndarray], pack: Path, runtime: str, mirror: 
     return torch.from_numpy(np.array(np.load(path, mmap_mode="r")))
 
 
+def source_id(record_id: str) -> str:
+    return record_id.split("-aug")[0].removesuffix("-normal")
+
+
+def load_packs(args) -> tuple[list[dict], torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """Records, soft masks, boxes and embeddings of every ``--pack`` (concatenated), and their text features
+    merged by phrase: a later pack (e.g. a new site's) adds to the first without re-embedding it."""
+    records, masks, boxes, embs = [], [], [], []
+    text = {"phrases": [], "tokens": [], "masks": [], "sentences": []}
+    for pack_dir in args.pack:
+        pack = np.load(pack_dir / "pack.npz")
+        recs = json.loads((pack_dir / "records.json").read_text())[: args.limit]
+        raw, offs = pack["jpeg"].tobytes(), pack["offsets"]
+        images = [np.array(Image.open(io.BytesIO(raw[offs[i]: offs[i + 1]]))) for i in range(len(recs))]
+        if args.runtime:
+            e = embed_resumable(images, pack_dir, args.runtime, not args.no_mirror)
+        else:
+            e = embed_all(images, build_encoder(pack_dir, args.device), args.device)
+            e = e[:, :1] if args.no_mirror else e
+        records += recs
+        masks.append(torch.from_numpy(pack["masks"][: len(recs)]).float() / 255)
+        boxes.append(torch.from_numpy(pack["boxes"][: len(recs)]))
+        embs.append(e)
+        t = torch.load(pack_dir / "text.pt", weights_only=True)
+        known = set(text["phrases"])
+        for j, phrase in enumerate(t["phrases"]):
+            if phrase not in known:
+                text["phrases"].append(phrase)
+                text["tokens"].append(t["tokens"][j])
+                text["masks"].append(t["masks"][j])
+                text["sentences"].append(t["sentences"][j])
+    text["sentences"] = torch.stack(text["sentences"])
+    return records, torch.cat(masks), torch.cat(boxes), torch.cat(embs), text
+
+
 def flip_grid(m: torch.Tensor, cols: int) -> torch.Tensor:
     out = m.clone()
     out[..., :cols] = m[..., :cols].flip(-1)
@@ -135,7 +174,7 @@ def heat_top_box(heat: torch.Tensor, rows: int, cols: int, threshold: float = 0.
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pack", type=Path, required=True)
+    ap.add_argument("--pack", type=Path, nargs="+", required=True, help="one or more packs (trained together)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--batch", type=int, default=64)
@@ -150,27 +189,17 @@ def main() -> None:
     torch.manual_seed(0)
     rng = random.Random(0)
     t0 = time.time()
-    pack = np.load(args.pack / "pack.npz")
-    records = json.loads((args.pack / "records.json").read_text())[: args.limit]
-    raw, offs = pack["jpeg"].tobytes(), pack["offsets"]
-    images = [np.array(Image.open(io.BytesIO(raw[offs[i]: offs[i + 1]]))) for i in range(len(records))]
-    masks = torch.from_numpy(pack["masks"][: len(records)]).float() / 255
-    boxes = torch.from_numpy(pack["boxes"][: len(records)])
-    text = torch.load(args.pack / "text.pt", weights_only=True)
-    phrase_index = {p: i for i, p in enumerate(text["phrases"])}
-    if args.runtime:
-        embeddings = embed_resumable(images, args.pack, args.runtime, not args.no_mirror)
-    else:
-        embeddings = embed_all(images, build_encoder(args.pack, args.device), args.device)
-        if args.no_mirror:
-            embeddings = embeddings[:, :1]
+    records, masks, boxes, embeddings, text = load_packs(args)
     views = embeddings.shape[1]
-    print(f"embedded {len(images)} images x{views} in {time.time() - t0:.0f}s on {args.device}", flush=True)
+    phrase_index = {p: i for i, p in enumerate(text["phrases"])}
+    print(f"embedded {len(records)} images x{views} in {time.time() - t0:.0f}s on {args.device}", flush=True)
     valid = torch.stack([valid_grid(tuple(r["size"])) for r in records])
-    ids = list(range(len(records)))
-    rng.shuffle(ids)
-    n_val = max(2, int(0.08 * len(ids)))
-    val_ids, train_ids = sorted(ids[:n_val]), ids[n_val:]
+    # held back by source image: an image's augmented copies and lesion-free crops stay on its side
+    groups = sorted({source_id(r["id"]) for r in records})
+    rng.shuffle(groups)
+    val_groups = set(groups[: max(2, int(0.08 * len(groups)))])
+    val_ids = [i for i, r in enumerate(records) if source_id(r["id"]) in val_groups]
+    train_ids = [i for i, r in enumerate(records) if source_id(r["id"]) not in val_groups]
     sets = [PhraseSet(r["positives"], r["negatives"]) for r in records]
 
     model = QFormerLite(QFormerLiteConfig()).to(args.device)
