@@ -12,7 +12,8 @@ is run with the phrase its users would type and with the default ``lesion``:
   size): text Dice (label > 0 vs the mask), share whose top-1 proposal box has IoU >= 0.5 with the lesion's box,
   share answered "no lesion", and the reference-box Dice (the ``sam`` task with the lesion's tight box, same
   images) the text path is compared to. With ``--diagnosis``: the diagnosis head's AUC (benign/malignant) from
-  the pipeline's own top lesion vs from the reference mask; an image with no lesion gets no diagnosis and is scored 0.5 (uninformative).
+  the pipeline's own top lesion vs from the reference mask; an image with no lesion gets no diagnosis and is
+  scored 0.5 (uninformative).
 * ``uclm-normal`` (196 real lesion-free BUS-UCLM images): share with any lesion returned.
 * ``busbra-fold5``, ``kvasir-val`` (the in-domain report sets) and ``ddti-test`` (DDTI thyroid cases with
   ``sha1(case) mod 5 == 0``, never trained on).
