@@ -176,7 +176,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", type=Path, nargs="+", required=True, help="one or more packs (trained together)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=100, help="0 with --init: only recalibrate its thresholds")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -209,7 +209,10 @@ def main() -> None:
         print(f"fine-tuning from {args.init}", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     steps = args.epochs * math.ceil(len(train_ids) / args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.05)
+    if args.epochs > 0:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.05)
+    elif args.init is None:
+        raise SystemExit("--epochs 0 only recalibrates a checkpoint: give it with --init")
 
     def make_batch(idx: list[int], train: bool, phrase: str | None = None) -> dict[str, torch.Tensor]:
         emb, mk, bx, vd, toks, tmask, sent, match, dom = [], [], [], [], [], [], [], [], []
@@ -258,10 +261,10 @@ def main() -> None:
             opt.step()
             sched.step()
             for k, v in ls.items():
-                totals[k] = totals.get(k, 0.0) + float(v) * len(b["match"])
-        if epoch % 5 == 4 or epoch == args.epochs - 1:
-            print(f"epoch {epoch + 1}: " + " ".join(f"{k} {v / len(train_ids):.4f}" for k, v in totals.items()),
-                  flush=True)
+                totals[k] = totals.get(k, 0.0) + float(v.detach()) * len(b["match"])
+        if epoch % 5 == 4 or epoch == args.epochs - 1 or args.epochs <= 10:
+            losses_text = " ".join(f"{k} {v / len(train_ids):.4f}" for k, v in totals.items())
+            print(f"epoch {epoch + 1} ({time.time() - t0:.0f}s): {losses_text}", flush=True)
 
     # held-back images: match score for the default phrase vs wrong-domain phrases, box quality of both rules
     model.eval()
@@ -288,6 +291,7 @@ def main() -> None:
         for i in lesion_ids:
             bn = make_batch([i], train=False, phrase=WRONG_PHRASE[records[i]["domain"]])
             neg_p.append(float(model(bn["embedding"], bn["valid"], bn["tokens"], bn["token_mask"])["itm"].sigmoid()))
+        wrong_p = np.array(neg_p)  # a phrase naming another domain (modality) on a lesion image
         normal_ids = [i for i in val_ids if records[i]["domain"] == "normal"]
         if normal_ids:
             bn = make_batch(normal_ids, train=False, phrase=DEFAULT_PHRASE)
@@ -305,6 +309,11 @@ def main() -> None:
         metrics["match_threshold"] = thr
         metrics["pos_above"] = float((pos_p >= thr).float().mean())
         metrics["neg_above"] = float((neg_p_t >= thr).float().mean())
+        # the floor below which a phrase is a clear mismatch even when the class-agnostic phrase finds a lesion:
+        # the highest wrong-domain match on the held-back lesion images (bounded), see QFormerLiteProposer
+        floor = float(np.clip(wrong_p.max() if len(wrong_p) else thr, 0.005, thr))
+        metrics["mismatch_floor"] = floor
+        metrics["wrong_phrase_max"] = float(wrong_p.max()) if len(wrong_p) else float("nan")
     head_score = sum(metrics[f"{d}_head_iou50"] for d in present)
     heat_score = sum(metrics[f"{d}_heat_iou50"] for d in present)
     rank = "box_head" if head_score >= heat_score else "heatmap"
@@ -314,6 +323,7 @@ def main() -> None:
     tmp = args.out / "qformer_lite.pt.tmp"
     torch.save({"config": model.cfg.to_dict(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                 "rank": rank, "match_threshold": thr, "heat_threshold": heat_threshold,
+                "presence_phrase": DEFAULT_PHRASE, "mismatch_floor": floor,
                 "default_phrase": DEFAULT_PHRASE, "heldback_metrics": metrics, "epochs": args.epochs,
                 "train_images": len(train_ids), "init": str(args.init) if args.init else None}, tmp)
     tmp.replace(args.out / "qformer_lite.pt")

@@ -97,6 +97,8 @@ class RadVLSMPipeline:
             "latencies_ms": {k: round(v, 1) for k, v in times.items()},
             "image_shape": list(image.shape),
         }
+        if proposal.notes and not user_boxes:
+            result["notes"] = list(proposal.notes)
         if not lesions:
             result["message"] = (f"no lesion found for '{text}' (image-text match {proposal.match_score:.2f}); "
                                  "the label is empty")

@@ -60,6 +60,11 @@ class QFormerLiteProposer:
         self.rank = meta.get("rank", "heatmap")
         self.threshold = float(meta.get("match_threshold", 0.5))
         self.heat_threshold = float(meta.get("heat_threshold", 0.5))
+        # Presence from the class-agnostic phrase (checkpoints calibrated for it carry both values): an organ
+        # phrase ("breast lesion") matches a new site's images less than "lesion" does, so a lesion that "lesion"
+        # finds is kept unless the phrase is a clear mismatch (below the floor, as "colon polyp" on a breast scan)
+        self.presence_phrase = meta.get("presence_phrase")
+        self.mismatch_floor = meta.get("mismatch_floor")
         self.text_encoder = text_encoder or shared_text_encoder()
         self.base_id = file_version(self.checkpoint)  # fine-tunes are served only over the checkpoint they left
         self._lock = threading.Lock()
@@ -114,7 +119,16 @@ class QFormerLiteProposer:
         t1 = time.perf_counter()
         match, heat, head_box = self.score(enc, text)
         candidates: list[Candidate] = []
-        if match >= self.threshold:
+        notes: list[str] = []
+        present = match >= self.threshold
+        if not present and self.presence_phrase and self.mismatch_floor is not None \
+                and text.strip().lower() != self.presence_phrase and match >= float(self.mismatch_floor):
+            presence = self.score(enc, self.presence_phrase)[0]
+            present = presence >= self.threshold
+            if present:
+                notes.append(f"presence from '{self.presence_phrase}' ({presence:.2f}); '{text}' matched "
+                             f"{match:.2f}, above its mismatch floor {float(self.mismatch_floor):.3f}")
+        if present:
             low = max(0.1, self.heat_threshold - 0.15)
             boxes, scores = heatmap_boxes(heat, thresholds=(self.heat_threshold, low))
             head_score = (scores.max() if len(scores) else 1.0) * (1.01 if self.rank == "box_head" else 0.99)
@@ -129,7 +143,7 @@ class QFormerLiteProposer:
         t2 = time.perf_counter()
         return Proposal(candidates, match, heat, self.name,
                         {"encode": enc.encode_ms, "propose": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3},
-                        version=self.watcher.version if self.watcher is not None else "shipped")
+                        notes=notes, version=self.watcher.version if self.watcher is not None else "shipped")
 
 
 @register_proposer("qformer_lite")
