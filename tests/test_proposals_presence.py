@@ -1,6 +1,7 @@
 """The presence decision of qformer_lite (the real cross-site checkpoint model/qformer_lite_xsite, real LiteMedSAM
-embedding of a bundled BUS-BRA sample): an organ phrase that matches less than the class-agnostic phrase still finds the lesion unless it is a
-clear mismatch (below the checkpoint's floor), and a phrase naming another modality still finds nothing."""
+embedding of a bundled BUS-BRA sample): an organ phrase that matches less than the class-agnostic phrase still
+finds the lesion unless it is a clear mismatch (below the checkpoint's floor), and a phrase naming another
+modality still finds nothing."""
 
 from __future__ import annotations
 
