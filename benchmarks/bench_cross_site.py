@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import dice  # noqa: E402
+from benchmarks.common import Recording, dice  # noqa: E402
 from benchmarks.datasets import load, uclm_pathology  # noqa: E402
 from radvlsm.geometry import mask_to_box  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
@@ -58,20 +58,6 @@ SETS = list(USER_PHRASE)
 CROSS_DICE, CROSS_REF_SHARE, CROSS_TOP1, CROSS_NO_LESION, NORMAL_FP = 0.75, 0.90, 0.85, 0.03, 0.15
 IN_DOMAIN = {"busbra-fold5": 0.80, "kvasir-val": 0.82}
 AUC_GAP = 0.05
-
-
-class Recording:
-    """Wraps the proposer and keeps its last proposal (the boxes the pipeline prompted with)."""
-
-    def __init__(self, proposer):
-        self.proposer = proposer
-        self.name = proposer.name
-        self.refine_by_default = proposer.refine_by_default
-        self.last = None
-
-    def propose(self, image, text, top_k=3, encoded=None):
-        self.last = self.proposer.propose(image, text, top_k=top_k, encoded=encoded)
-        return self.last
 
 
 def done_rows(path: Path) -> dict[tuple[str, str], dict]:

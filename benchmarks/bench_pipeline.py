@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import dice, iou, write_csv  # noqa: E402
+from benchmarks.common import Recording, dice, iou, write_csv  # noqa: E402
 from benchmarks.datasets import load  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
 from radvlsm.models import build_backbone  # noqa: E402
@@ -51,18 +51,6 @@ GAIN_TARGET, LOSS_LIMIT = 0.01, 0.005  # fused >= top-1 + 1 point; never worse t
 
 
 
-class Recording:
-    """Wraps a proposer and keeps its last proposal (the pipeline refines those candidates in place)."""
-
-    def __init__(self, proposer):
-        self.proposer = proposer
-        self.name = proposer.name
-        self.refine_by_default = proposer.refine_by_default
-        self.last = None
-
-    def propose(self, image, text, top_k=3, encoded=None):
-        self.last = self.proposer.propose(image, text, top_k=top_k, encoded=encoded)
-        return self.last
 
 
 def pathology(img_path: Path) -> dict[str, int]:
