@@ -56,8 +56,9 @@ TASKS: dict[str, dict[str, Any]] = {
             ("backends", "per backend: `match_score`, `n_candidates`, latencies, `version` (qformer_lite: `shipped` "
                          "or the fine-tune `/train/radvlsm` published)"),
             ("cache_hit, latencies_ms, image_shape, label_names, decoder_version", "as for `sam`"),
+            ("notes", "optional: e.g. an empty exemplar bank, or presence from the class-agnostic phrase"),
         ],
-        "optional": ["message"],
+        "optional": ["message", "notes"],
     },
     "radvlsm": {
         "params": [
@@ -76,8 +77,10 @@ TASKS: dict[str, dict[str, Any]] = {
              "the phrase, where the boxes came from, and the proposer weights that proposed them"),
             ("encodes, cache_hit, latencies_ms", "1 on a new image, 0 after; per stage in ms"),
             ("image_shape, runtime, label_names, decoder_version", "as for `sam`"),
+            ("notes", "optional: how the proposer decided, e.g. presence from the class-agnostic phrase when the "
+                      "typed one matched below the threshold (checkpoints with a mismatch floor)"),
         ],
-        "optional": ["message"],
+        "optional": ["message", "notes"],
     },
     "diagnosis": {
         "params": [
