@@ -3,7 +3,8 @@
 Anything tuned on top of the proposer (the aggregation rule) must be tuned on images the proposer did not learn:
 on its own training images its relevance maps are sharper than on new ones. This rebuilds the record order of
 ``scripts/proposer_pack.py`` (BUS-BRA folds 1-4 with their lesion-free crops, then Kvasir train) and the seeded
-shuffle of ``scripts/proposer_train.py``, and returns the held-back lesion images per dataset.
+shuffle that ``scripts/proposer_train.py`` used for that checkpoint, and returns the held-back lesion images per
+dataset.
 
     python scripts/proposer_heldback.py          # prints the counts and checks them against the model card
 """
@@ -41,7 +42,9 @@ def heldback() -> dict[str, list[tuple[Path, Path, str]]]:
         raise SystemExit(f"rebuilt {normals} lesion-free crops, the shipped pack had {EXPECTED_NORMALS}: "
                          "the record order differs, the held-back split cannot be rebuilt")
     ids = list(range(len(records)))
-    random.Random(0).shuffle(ids)  # proposer_train.py: rng = random.Random(0); rng.shuffle(ids)
+    # the split the default checkpoint was trained with (proposer_train.py then: rng = random.Random(0);
+    # rng.shuffle(ids)); the script now holds back by source image, so a retrain needs its own split
+    random.Random(0).shuffle(ids)
     n_val = max(2, int(0.08 * len(ids)))
     out: dict[str, list] = {"busbra-train": [], "kvasir-train": []}
     for i in sorted(ids[:n_val]):

@@ -7,10 +7,10 @@ For BUS-BRA folds 1-4 and Kvasir-SEG train (never BUS-BRA fold 5 or Kvasir valid
 crops from BUS-BRA as "normal" negatives. Text features of every phrase are precomputed with MiniLM here, and the
 LiteMedSAM encoder weights are written in fp16.
 
-The cross-site recipe (model/qformer_lite/README.md) adds DDTI's training cases (thyroid, split by case), copies
+The cross-site recipe (model/qformer_lite_xsite/README.md) adds DDTI's training cases (thyroid, split by case), copies
 of every image through ``ScannerAugment`` (other scanners' tone curves, speckle, blur, resolution, zoom, tints,
 burnt-in text, calipers, body-marker icons, flips) and lossless PNG storage; ``--domains ...,uclm`` adds BUS-UCLM
-(its lesion and real lesion-free images) for the shipped all-sites model only.
+(its lesion and real lesion-free images) for an all-sites model only (BUS-UCLM is the cross-site report set).
 
     python scripts/proposer_pack.py --out .carry/proposer
     python scripts/proposer_pack.py --out .carry/xsite --domains busbra,kvasir,ddti --augment 1 --lossless
@@ -76,15 +76,11 @@ def lesion_free_crop(pixels: np.ndarray, mask: np.ndarray, margin: int = 8, min_
     return pixels[cy0:cy1, cx0:cx1]
 
 
-def png(arr: np.ndarray) -> bytes:
+def image_bytes(arr: np.ndarray, lossless: bool) -> bytes:
+    """PNG, or JPEG q90 (the older packs' default); the pack's ``jpeg`` array holds either, PIL reads both."""
     buf = io.BytesIO()
-    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def jpeg(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr).save(buf, format="JPEG", quality=90)
+    im = Image.fromarray(arr[..., 0] if arr.shape[2] == 1 else arr)
+    im.save(buf, format="PNG") if lossless else im.save(buf, format="JPEG", quality=90)
     return buf.getvalue()
 
 
@@ -159,7 +155,6 @@ def main() -> None:
     domains = [d.strip() for d in args.domains.split(",") if d.strip()]
     items = training_items(domains, parse_limits(args.limit, domains))
     records, blobs = [], []
-    encode = png if args.lossless else jpeg
 
     def add(rec_id: str, domain: str, rgb: np.ndarray, mask: np.ndarray, md: dict, gray_ok: bool) -> None:
         if domain == "normal" or not mask.any():
@@ -172,7 +167,8 @@ def main() -> None:
         records.append({"id": rec_id, "domain": "normal" if ps is None else domain, "size": list(small.shape[:2]),
                         "positives": [] if ps is None else ps.positives,
                         "negatives": NEGATIVES["normal"] if ps is None else ps.negatives, "box": box})
-        blobs.append((encode(small), soft_mask_grid(mask) if mask.any() else np.zeros((GRID, GRID), np.uint8)))
+        grid = soft_mask_grid(mask) if mask.any() else np.zeros((GRID, GRID), np.uint8)
+        blobs.append((image_bytes(small, args.lossless), grid))
 
     for i, (img_path, mask_path, case, domain, md) in enumerate(items):
         img = load_image(img_path)

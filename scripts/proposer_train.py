@@ -5,7 +5,7 @@ Q-Former then trains on those embeddings. A seeded 8 % of the packed training im
 ranking rule and the match threshold (BUS-BRA fold 5 and Kvasir validation are never seen here).
 
     python scripts/proposer_train.py --pack .carry/proposer --out model/qformer_lite [--epochs 40] [--device cuda]
-    # the cross-site recipe on a CPU (model/qformer_lite/README.md): fine-tune the shipped weights on scanner-
+    # the cross-site recipe on a CPU (model/qformer_lite_xsite/README.md): fine-tune the shipped weights on scanner-
     # augmented packs, embedded by the server's own encoder runtime
     python scripts/proposer_train.py --pack .carry/xsite --out OUT --epochs 3 --batch 32 --lr 1e-4 \
         --runtime onnx --no-mirror --init model/qformer_lite/qformer_lite.pt
@@ -85,16 +85,20 @@ def embed_all(images: list[np.ndarray], encoder, device: str, batch: int = 64) -
 
 def embed_resumable(images: list[np.ndarray], pack: Path, runtime: str, mirror: bool) -> torch.Tensor:
     """(N, V, 256, 64, 64) fp16 through the project's own encoder runtime (``onnx`` on a CPU: what the server
-    serves), written to ``pack/embeddings-<runtime>.npy`` as it goes, so an interrupted run resumes."""
+    serves), written to ``pack/embeddings-<runtime>.npy`` as it goes, so an interrupted run resumes. The progress
+    file names the pack it belongs to (size and mtime of pack.npz): a re-made pack is embedded afresh."""
     from radvlsm.models import build_backbone
     from radvlsm.runtimes import build_runtime
 
     views = 2 if mirror else 1
     path, done_path = pack / f"embeddings-{runtime}-v{views}.npy", pack / f"embeddings-{runtime}-v{views}.done"
     shape = (len(images), views, 256, 64, 64)
-    mode = "r+" if path.exists() else "w+"
-    arr = np.lib.format.open_memmap(path, mode=mode, dtype=np.float16, shape=shape)
-    done = int(done_path.read_text()) if done_path.exists() and mode == "r+" else 0
+    stat = (pack / "pack.npz").stat()
+    stamp = f"{stat.st_size}-{stat.st_mtime_ns}"
+    old = done_path.read_text().split() if done_path.exists() else []
+    resume = path.exists() and len(old) == 2 and old[0] == stamp
+    arr = np.lib.format.open_memmap(path, mode="r+" if resume else "w+", dtype=np.float16, shape=shape)
+    done = int(old[1]) if resume and arr.shape == shape else 0
     if done < len(images):
         enc = build_runtime(runtime, build_backbone("litemedsam", device="cpu"))
         t0 = time.time()
@@ -103,7 +107,7 @@ def embed_resumable(images: list[np.ndarray], pack: Path, runtime: str, mirror: 
                 arr[i, v] = enc.encode(encoder_input(images[i], bool(v))[None]).cpu().numpy().astype(np.float16)
             if (i + 1) % 50 == 0 or i + 1 == len(images):
                 arr.flush()
-                done_path.write_text(str(i + 1))
+                done_path.write_text(f"{stamp} {i + 1}")
                 print(f"embedded {i + 1}/{len(images)} ({time.time() - t0:.0f}s)", flush=True)
     return torch.from_numpy(np.array(np.load(path, mmap_mode="r")))
 
@@ -186,6 +190,8 @@ def main() -> None:
                     help="embed with the project's encoder runtime (e.g. onnx on a CPU), resumable in the pack dir")
     ap.add_argument("--no-mirror", action="store_true", help="one view per image (the pack holds flipped copies)")
     args = ap.parse_args()
+    if args.epochs == 0 and args.init is None:
+        ap.error("--epochs 0 only recalibrates a checkpoint: give it with --init")
     torch.manual_seed(0)
     rng = random.Random(0)
     t0 = time.time()
@@ -211,8 +217,6 @@ def main() -> None:
     steps = args.epochs * math.ceil(len(train_ids) / args.batch)
     if args.epochs > 0:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.05)
-    elif args.init is None:
-        raise SystemExit("--epochs 0 only recalibrates a checkpoint: give it with --init")
 
     def make_batch(idx: list[int], train: bool, phrase: str | None = None) -> dict[str, torch.Tensor]:
         emb, mk, bx, vd, toks, tmask, sent, match, dom = [], [], [], [], [], [], [], [], []

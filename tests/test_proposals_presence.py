@@ -42,7 +42,7 @@ def test_cross_site_checkpoint_carries_the_presence_rule(proposer):
     assert 0.0 < proposer.mismatch_floor <= proposer.threshold
 
 
-def test_default_checkpoint_without_the_rule_keeps_its_own_decision(tmp_path):
+def test_default_checkpoint_without_the_rule_keeps_its_own_decision():
     default = build_proposer("qformer_lite", predictor=SegmentPredictor(build_backbone("litemedsam")))
     assert default.mismatch_floor is None
 
