@@ -14,6 +14,7 @@ from radvlsm.models import build_backbone
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.proposals import build_proposer
 from radvlsm.proposals.boxes import box_iou
+from radvlsm.proposals.qformer_lite import Calibration
 from tests.conftest import ROOT, SAMPLES, reference
 
 SAMPLE = "bus_0075-r"
@@ -32,8 +33,8 @@ def image():
 
 
 def with_rule(proposer, threshold: float, floor: float | None):
-    clone = proposer.with_model(proposer.model)
-    clone.threshold, clone.mismatch_floor, clone.presence_phrase = threshold, floor, "lesion"
+    clone = proposer.with_model(proposer.model, Calibration(threshold, proposer.heat_threshold))
+    clone.mismatch_floor, clone.presence_phrase = floor, "lesion"
     return clone
 
 

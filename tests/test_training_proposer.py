@@ -1,5 +1,6 @@
-"""Fine-tuning the qformer_lite proposer's heads from corrected masks (real shipped proposer, real LiteMedSAM
-embeddings of the bundled BUS-BRA samples): trains, is gated on held-back top-1 box IoU, publishes into its own
+"""Teaching the qformer_lite proposer a site from corrected masks (real shipped proposer, real LiteMedSAM
+embeddings of the bundled BUS-BRA samples and lesion-free crops of them): trains, is gated out of fold on the
+per-image score, learns presence from lesion-free labels and publishes its threshold with its weights into its own
 store, and is served live by any proposer following that store."""
 
 from __future__ import annotations
@@ -7,18 +8,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from radvlsm.io import load_image
 from radvlsm.models import build_backbone
-from radvlsm.predictor import SegmentPredictor
+from radvlsm.predictor import Encoded, SegmentPredictor
 from radvlsm.proposals import build_proposer
 from radvlsm.proposals.qformer_model import QFormerLite
 from radvlsm.training import SHIPPED, DecoderStore, TrainConfig, fine_tune
-from radvlsm.training.data import prepare
-from radvlsm.training.proposer import box_target, fine_tune_proposer, heat_target, top1_iou
+from radvlsm.training.data import TrainSample, prepare
+from radvlsm.training.proposer import (
+    MIN_THRESHOLD,
+    ProposerConfig,
+    box_target,
+    fine_tune_proposer,
+    heat_target,
+    top1_iou,
+)
 from radvlsm.training.store import ProposerStore
 from tests.conftest import SAMPLES
-from tests.test_training import IDS, sample, wrong_corrections
+from tests.test_training import IDS, sample
 
 HEAD_KEYS = ("map_patch.weight", "map_text.weight", "box_head.0.weight")
 FROZEN_KEYS = ("itm_head.0.weight", "image_proj.weight", "queries")
@@ -60,8 +69,10 @@ def test_fine_tune_trains_only_the_heads_publishes_and_is_served_live(tmp_path, 
     image = load_image(SAMPLES / "images" / "bus_0075-r.png")
     before = served.propose(image, "lesion")
     assert served.version == SHIPPED and before.version == SHIPPED
-    run = fine_tune_proposer(proposer, items[1:], items[:1], store, epochs=15, lr=1e-3, tolerance=1.0)
+    # tolerance 1: the gate itself is tested below; here the mechanics of publishing and pick-up
+    run = fine_tune_proposer(proposer, items, store, ProposerConfig(epochs=15, lr=1e-3, scope="heads", tolerance=1.0))
     assert run.published and run.version == "v0001" and store.current() == "v0001", run
+    assert run.images == 4 and run.lesion_free == 0 and run.gate["n"] == 4 and run.gate["folds"] == 3
     assert run.losses[-1] < run.losses[0] * 0.95, run.losses
     assert np.isfinite(run.iou_before) and np.isfinite(run.iou_after)
     assert store.load("v0001")["proposer_base"] == proposer.base_id
@@ -71,7 +82,9 @@ def test_fine_tune_trains_only_the_heads_publishes_and_is_served_live(tmp_path, 
     new, old = served.model.state_dict(), proposer.model.state_dict()  # ``proposer`` itself was not trained
     assert all(not torch.equal(new[k], old[k]) for k in HEAD_KEYS)
     assert all(torch.equal(new[k], old[k]) for k in FROZEN_KEYS)
-    assert after.match_score == pytest.approx(before.match_score, abs=1e-6)  # the match head is frozen
+    # without lesion-free labels the match head is frozen and the presence threshold kept
+    assert after.match_score == pytest.approx(before.match_score, abs=1e-6)
+    assert served.threshold == proposer.threshold == run.match_threshold
 
     from radvlsm.training.__main__ import main
 
@@ -81,14 +94,76 @@ def test_fine_tune_trains_only_the_heads_publishes_and_is_served_live(tmp_path, 
     assert all(torch.equal(served.model.state_dict()[k], old[k]) for k in HEAD_KEYS)
 
 
-def test_gate_refuses_a_worse_proposer(tmp_path, predictor, proposer):
-    """Wrong 'corrections' (a corner square) at a high learning rate move the top box off the held-back
-    image's lesion: nothing is published."""
-    items = prepare(wrong_corrections(tmp_path), predictor)
+def scattered_corrections(folder) -> list[TrainSample]:
+    """Labels with nothing to learn: each image 'corrected' to a 40 px square in a different corner."""
+    samples = []
+    for n, i in enumerate(IDS):
+        image = load_image(SAMPLES / "images" / f"{i}.png")
+        mask = np.zeros(image.shape, np.uint8)
+        rows, cols = image.shape
+        r0, c0 = (0 if n % 2 else rows - 40), (0 if n // 2 else cols - 40)
+        mask[r0: r0 + 40, c0: c0 + 40] = 255
+        Image.fromarray(mask).save(folder / f"{i}.png")
+        samples.append(sample(i, folder / f"{i}.png"))
+    return samples
+
+
+def test_gate_refuses_what_is_not_better_with_confidence(tmp_path, predictor, proposer):
+    """Out of fold, a model cannot predict a corner it never saw: no confident gain, nothing published."""
+    items = prepare(scattered_corrections(tmp_path), predictor)
     store = ProposerStore(tmp_path / "qformer_lite")
-    run = fine_tune_proposer(proposer, items[1:], items[:1], store, epochs=30, lr=3e-3)
-    assert not run.published and run.iou_after < run.iou_before, run
+    run = fine_tune_proposer(proposer, items, store, ProposerConfig(epochs=20, lr=1e-3, scope="heads"))
+    assert not run.published and not run.gate["passed"] and run.gate["lower"] <= 0, run
     assert "not published" in run.reason and store.current() == SHIPPED and store.versions() == []
+
+
+def lesion_free_crops(folder) -> list[TrainSample]:
+    """Real breast-US tissue without a lesion: the widest strip of each sample beside its lesion's box, with an
+    empty label (what a clinician saves for a lesion-free image)."""
+    from radvlsm.geometry import mask_to_box
+    from radvlsm.io import load_mask
+
+    out = []
+    for i in IDS:
+        image = load_image(SAMPLES / "images" / f"{i}.png")
+        x0, y0, x1, y1 = (int(v) for v in mask_to_box(load_mask(SAMPLES / "reference" / f"{i}.png", image.shape) > 0))
+        rows, cols = image.shape
+        rgb = image.rgb_uint8()
+        strips = {"left": rgb[:, : max(x0 - 10, 0)], "right": rgb[:, x1 + 10:], "top": rgb[: max(y0 - 10, 0)],
+                  "bottom": rgb[y1 + 10:]}
+        crop = max(strips.values(), key=lambda a: min(a.shape[:2]))
+        assert min(crop.shape[:2]) >= 48, (i, crop.shape)
+        Image.fromarray(crop).save(folder / f"free_{i}.png")
+        Image.fromarray(np.zeros(crop.shape[:2], np.uint8)).save(folder / f"free_{i}_label.png")
+        out.append(TrainSample(f"free_{i}", folder / f"free_{i}.png", folder / f"free_{i}_label.png"))
+    return out
+
+
+def test_lesion_free_labels_teach_presence_and_publish_the_threshold(tmp_path, predictor, items, proposer):
+    negatives = prepare(lesion_free_crops(tmp_path), predictor, keep_empty=True)
+    assert len(negatives) == 4 and all(not it.lesions and not it.mask.any() for it in negatives)
+    store = ProposerStore(tmp_path / "qformer_lite")
+    matches = lambda p, its: [p.propose(None, "lesion", encoded=Encoded(it.embedding, it.original_size,  # noqa: E731
+                                                                       it.input_size)).match_score for it in its]
+    free_before = matches(proposer, negatives)
+    run = fine_tune_proposer(proposer, items + negatives, store,
+                             ProposerConfig(epochs=20, lr=1e-3, scope="heads", tolerance=1.0))
+    assert run.published and run.lesion_free == 4 and run.images == 8, run
+    state = store.load(run.version)["state"]
+    assert float(state["calibration.match_threshold"]) == pytest.approx(run.match_threshold)
+    served = build_proposer("qformer_lite", predictor=predictor, store=store)
+    assert served.version == run.version and served.threshold == pytest.approx(run.match_threshold)
+    assert not torch.equal(served.model.state_dict()["itm_head.0.weight"],
+                           proposer.model.state_dict()["itm_head.0.weight"])  # the match head learned
+    # the lesion-free images it saw now match less; the lesion images keep their presence (sensitivity first)
+    free_after, lesion_after = matches(served, negatives), matches(served, items)
+    assert np.mean(free_after) < np.mean(free_before), (free_before, free_after)
+    assert min(lesion_after) >= served.threshold >= MIN_THRESHOLD, lesion_after
+    assert run.lesion_free_refused_before is not None and run.lesion_free_refused_after is not None
+    # a version published without a calibration (an older one) is served with the checkpoint's thresholds
+    store.publish_state({f"qformer.{k}": v for k, v in proposer.model.state_dict().items()},
+                        {"proposer_base": proposer.base_id}, {})
+    assert served.version == "v0002" and served.threshold == proposer.threshold
 
 
 def test_fine_tune_of_another_base_checkpoint_is_not_served(tmp_path, predictor, proposer):
@@ -110,7 +185,13 @@ def test_train_run_does_proposer_only_when_decoder_is_switched_off(tmp_path, pre
     assert not res.published and decoders.versions() == [] and "decoder not trained" in res.reason
     assert res.proposer["published"] and proposers.current() == "v0001" and len(res.proposer["losses"]) == 2
     assert decoders.read_stats()["proposer"]["version"] == "v0001"
-    off = TrainConfig(train_decoder=False, train_prompt_encoder=False)  # the proposer is off by default
+    # the default scope trains the Q-Former too, not only the heads
+    published = proposers.load("v0001")["state"]
+    shipped = proposer.model.state_dict()
+    assert not torch.equal(published["qformer.image_proj.weight"], shipped["image_proj.weight"])
+    assert not torch.equal(published["qformer.map_text.weight"], shipped["map_text.weight"])
+    assert TrainConfig().train_proposer  # on by default: a site is taught with its first corrections
+    off = TrainConfig(train_decoder=False, train_prompt_encoder=False, train_proposer=False)
     off = fine_tune(predictor, [sample(i) for i in IDS], decoders, off, proposer=proposer, proposer_store=proposers)
     assert off.proposer is None and proposers.versions() == ["v0001"]
 
@@ -134,6 +215,6 @@ def test_top1_iou_is_one_for_a_perfect_box(items, proposer, monkeypatch):
 
 def test_no_epochs_trains_nothing_and_publishes_nothing(tmp_path, items, proposer):
     store = ProposerStore(tmp_path / "qformer_lite")
-    run = fine_tune_proposer(proposer, items[1:], items[:1], store, epochs=0, lr=1e-3, tolerance=1.0)
+    run = fine_tune_proposer(proposer, items, store, ProposerConfig(epochs=0, tolerance=1.0))
     assert not run.published and run.losses == [] and "not trained" in run.reason
     assert (run.iou_after, run.hit_after) == (run.iou_before, run.hit_before) and store.versions() == []

@@ -8,6 +8,7 @@ the lesion with :mod:`radvlsm.proposals.refine` on request; it is off by default
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from pathlib import Path
@@ -44,6 +45,19 @@ def load_qformer(path: str | Path, device: str = "cpu") -> tuple[QFormerLite, di
     return model.to(device).eval(), ckpt
 
 
+class Calibration(torch.nn.Module):
+    """The presence and relevance thresholds as buffers, so a site fine-tune publishes them with its weights
+    and the store's watcher swaps both at once (a version without them keeps the checkpoint's)."""
+
+    def __init__(self, match_threshold: float, heat_threshold: float):
+        super().__init__()
+        self.register_buffer("match_threshold", torch.tensor(float(match_threshold)))
+        self.register_buffer("heat_threshold", torch.tensor(float(heat_threshold)))
+
+    def values(self) -> dict[str, float]:
+        return {"match_threshold": float(self.match_threshold), "heat_threshold": float(self.heat_threshold)}
+
+
 class QFormerLiteProposer:
     name = "qformer_lite"
     # Snapping (one decoder pass) left the top-1 hit rate unchanged and lowered the mask Dice from the box on
@@ -58,8 +72,7 @@ class QFormerLiteProposer:
         self.checkpoint = Path(checkpoint or DEFAULT_CHECKPOINT)
         self.model, meta = load_qformer(self.checkpoint, str(predictor.device))
         self.rank = meta.get("rank", "heatmap")
-        self.threshold = float(meta.get("match_threshold", 0.5))
-        self.heat_threshold = float(meta.get("heat_threshold", 0.5))
+        self.calibration = Calibration(meta.get("match_threshold", 0.5), meta.get("heat_threshold", 0.5))
         # Presence from the class-agnostic phrase (checkpoints calibrated for it carry both values): an organ
         # phrase ("breast lesion") matches a new site's images less than "lesion" does, so a lesion that "lesion"
         # finds is kept unless the phrase is a clear mismatch (below the floor, as "colon polyp" on a breast scan)
@@ -77,19 +90,30 @@ class QFormerLiteProposer:
         weights loaded now are what ``restore("shipped")`` returns to."""
         from radvlsm.training.store import ModuleWatcher
 
-        self.watcher = ModuleWatcher(store, {"qformer": self.model}, self._lock, ("proposer_base", self.base_id))
+        self.watcher = ModuleWatcher(store, {"qformer": self.model, "calibration": self.calibration}, self._lock,
+                                     ("proposer_base", self.base_id), optional=("calibration",))
         self.watcher.refresh()
+
+    @property
+    def threshold(self) -> float:
+        """Image-text match at or above which the phrase counts as present (the served version's)."""
+        return float(self.calibration.match_threshold)
+
+    @property
+    def heat_threshold(self) -> float:
+        return float(self.calibration.heat_threshold)
 
     @property
     def version(self) -> str:
         """``shipped`` (the checkpoint file) or the served fine-tune's version (``v0001``, ...)."""
         return self.watcher.refresh() if self.watcher is not None else "shipped"
 
-    def with_model(self, model: QFormerLite) -> QFormerLiteProposer:
-        """The same proposer (thresholds, ranking, text encoder) over another model: what validation of a
-        fine-tune runs, so it is measured by exactly the inference code."""
+    def with_model(self, model: QFormerLite, calibration: Calibration | None = None) -> QFormerLiteProposer:
+        """The same proposer (ranking, text encoder; thresholds unless ``calibration`` is given) over another
+        model: what validation of a fine-tune runs, so it is measured by exactly the inference code."""
         clone = object.__new__(QFormerLiteProposer)
-        clone.__dict__.update(self.__dict__, model=model, watcher=None, _lock=threading.Lock())
+        clone.__dict__.update(self.__dict__, model=model, watcher=None, _lock=threading.Lock(),
+                              calibration=calibration or copy.deepcopy(self.calibration))
         return clone
 
     @torch.inference_mode()

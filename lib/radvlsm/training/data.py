@@ -84,8 +84,10 @@ def lesion_components(mask: np.ndarray) -> list[np.ndarray]:
 
 
 def prepare(samples: list[TrainSample], predictor, max_lesions: int = 3,
-            features: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[Item]:
-    """Load each pair, encode the image with the frozen encoder (memory/disk cached), skip empty masks.
+            features: Callable[[torch.Tensor], torch.Tensor] | None = None, keep_empty: bool = False) -> list[Item]:
+    """Load each pair, encode the image with the frozen encoder (memory/disk cached), skip empty masks unless
+    ``keep_empty`` (a lesion-free image: an :class:`Item` with no ``lesions``, what the proposer learns presence
+    from).
 
     ``features``: the frozen part of the encoder (:func:`radvlsm.training.lora.split_encoder`), run on each
     preprocessed image when encoder adapters are trained."""
@@ -97,7 +99,7 @@ def prepare(samples: list[TrainSample], predictor, max_lesions: int = 3,
         image = load_image(s.image_path)
         mask = load_mask(s.mask_path, image.shape) > 0
         comps = lesion_components(mask)[:max_lesions]
-        if not comps:
+        if not comps and not keep_empty:
             logger.warning(f"training: {s.image_id} has an empty label; skipped")
             continue
         enc = predictor.encode(image)

@@ -39,17 +39,21 @@ class TrainConfig:
     clicks: bool = True
     train_decoder: bool = True
     train_prompt_encoder: bool = True
-    #: also fine-tune the qformer_lite proposer's relevance-map and box heads (radvlsm.training.proposer), gated
-    #: and published on their own (key metric: held-back top-1 box IoU). Off by default: on BUS-BRA, images like
-    #: the proposer's own training data, it did not help (README, "Learning from corrections"); meant for sites
-    #: whose images are unlike BUS-BRA and Kvasir-SEG
-    train_proposer: bool = False
+    #: also teach the qformer_lite proposer the site (radvlsm.training.proposer): where its lesions are and, from
+    #: lesion-free labels, whether there is one; published on its own cross-validated, paired-bootstrap gate
+    train_proposer: bool = True
     #: > 0: also train rank-r adapters (LoRA) in the image encoder's last stage (radvlsm.training.lora); the
     #: adapted encoder then serves the mask decoder only. 0 = the encoder stays frozen (default)
     encoder_lora_rank: int = 0
     encoder_lora_lr: float = 2e-4
-    proposer_epochs: int = 5
+    proposer_epochs: int = 10
     proposer_lr: float = 1e-4
+    #: ``qformer`` (the Q-Former and its heads: about a minute per 25 images and fold on a 2-core CPU) or
+    #: ``heads`` (relevance map, box head, and the match head given lesion-free labels: seconds)
+    proposer_scope: str = "qformer"
+    proposer_folds: int = 3
+    #: the proposer is published when its out-of-fold gain is above -tolerance with this confidence
+    gate_confidence: float = 0.9
     #: publish when validation Dice >= the served model's - tolerance (0: never publish a worse model)
     tolerance: float = 0.0
     seed: int = 0
@@ -76,7 +80,16 @@ class TrainConfig:
             setattr(cfg, name, value)
         if cfg.batch_size < 1:
             raise ValueError("batch_size: must be at least 1")
+        cfg.proposer_config()  # checks its fields
         return cfg
+
+    def proposer_config(self):
+        """The proposer fine-tune's settings (:class:`radvlsm.training.proposer.ProposerConfig`)."""
+        from radvlsm.training.proposer import ProposerConfig
+
+        return ProposerConfig(epochs=self.proposer_epochs, lr=self.proposer_lr, scope=self.proposer_scope,
+                              folds=max(self.proposer_folds, 2), confidence=self.gate_confidence,
+                              tolerance=self.tolerance, seed=self.seed)
 
 
 @dataclass

@@ -1,14 +1,31 @@
-"""Fine-tuning the ``qformer_lite`` proposer from corrected masks: its relevance-map and box heads, on the
-frozen-encoder embeddings the decoder training already cached.
+"""Teaching the ``qformer_lite`` proposer a site from its corrected labels: where the lesion is (relevance map,
+box head, and with ``scope="qformer"`` the Q-Former itself) and, when the site has labelled lesion-free images,
+whether there is one (the image-text match head and the presence threshold).
 
-Only :attr:`QFormerLite.HEADS` train; the Q-Former's outputs are computed once per image, so an epoch is a few
-small matrix products per image (seconds on CPU). The image-text match head is frozen on purpose: corrected
-masks are all positives, and training it on them alone would teach "there is always a lesion".
+Why this shape: at a new site the text path fails because the proposer looks in the wrong place or answers "no
+lesion" (the cross-site benchmark), while the segmenter given a box is fine. The site's own corrections are the
+only evidence of what its lesions and its lesion-free images look like, and there are few of them, so:
 
-Validated by the inference code itself (:meth:`QFormerLiteProposer.with_model`): the key metric is the mean IoU
-of the top-ranked candidate box with the nearest corrected lesion (0 when nothing is proposed) on the held-back
-split; the fine-tune is published into its own :class:`ProposerStore` only if that is not worse than the served
-proposer's minus ``tolerance``. A published fine-tune is served live by every proposer that follows the store.
+* Training reads the frozen LiteMedSAM embeddings the decoder training cached (no image is encoded twice).
+* A lesion-free image (a final label with no lesion) is a negative: the match head learns it, its relevance map
+  learns "nothing here". Without such images the match head stays frozen (all positives would teach "there is
+  always a lesion") and the presence threshold is kept.
+* The gate scores every labelled lesion image **out of fold** (``folds`` models, each trained without the fold
+  it scores), image by image against the served proposer: the IoU of the top-1 box with the nearest lesion, 0
+  when nothing is proposed. It publishes only if the mean gain is above zero with ``confidence`` (a paired
+  bootstrap, :mod:`radvlsm.training.gate`). Lesion-free images are reported (share refused, before and after),
+  not gated on.
+* The presence threshold is **sensitivity first**: the highest threshold at which the out-of-fold match still
+  finds ``recall`` (95 %) of the labelled lesion images, never below the checkpoint's mismatch floor (so a wrong
+  organ's phrase still finds nothing) and never above the served threshold. Measured at BUS-UCLM (``benchmarks/bench_site_adaptation.py``): the match
+  head, even trained on the site's lesion-free images, tells its lesion images from its normal ones poorly, and
+  choosing the threshold for lesion-free images as well turned a third of the lesions into "no lesion" answers;
+  a clinician dismisses a false candidate in a glance but a missed lesion is the failure that matters. It is
+  published with the weights (:class:`~radvlsm.proposals.qformer_lite.Calibration`).
+
+The published model is trained on all labelled images. Validation runs the inference code itself
+(:meth:`QFormerLiteProposer.with_model`), and a published version is served live by every proposer that follows
+the store.
 """
 
 from __future__ import annotations
@@ -28,9 +45,40 @@ from radvlsm.predictor import Encoded
 from radvlsm.proposals.boxes import box_iou
 from radvlsm.proposals.qformer_model import QFormerLite, losses, valid_grid
 from radvlsm.training.data import Item, model_frame_target
+from radvlsm.training.gate import folds, paired_bootstrap
 from radvlsm.training.store import ProposerStore
 
 logger = logging.getLogger(__name__)
+SCOPES = ("heads", "qformer")
+#: the presence threshold is never calibrated below this (nor below the checkpoint's mismatch floor)
+MIN_THRESHOLD = 0.1
+#: lesion-free labelled images needed before the presence decision is learned and recalibrated
+MIN_NEGATIVES = 2
+
+
+@dataclass
+class ProposerConfig:
+    epochs: int = 10
+    lr: float = 1e-4
+    #: ``qformer``: the Q-Former and every head (a minute per 25 images on a 2-core CPU); ``heads``: the relevance
+    #: map, box head (and match head) only, on Q-Former outputs computed once (seconds)
+    scope: str = "qformer"
+    folds: int = 3
+    #: share of the labelled lesion images the calibrated presence threshold must still find (out of fold)
+    recall: float = 0.95
+    confidence: float = 0.9
+    #: publish when the bootstrap lower bound of the mean gain is > -tolerance (0: better with confidence)
+    tolerance: float = 0.0
+    batch_size: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scope not in SCOPES:
+            raise ValueError(f"proposer_scope: must be one of {list(SCOPES)}, got {self.scope!r}")
+        if not 0.0 < self.recall <= 1.0:
+            raise ValueError(f"proposer recall: must be in (0, 1], got {self.recall!r}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"gate_confidence: must be between 0 and 1, got {self.confidence!r}")
 
 
 @dataclass
@@ -38,11 +86,17 @@ class ProposerRun:
     published: bool
     version: str  # served after the run
     base_version: str
-    iou_before: float  # mean top-1 box IoU on the held-back split
-    iou_after: float
-    hit_before: float  # share of held-back images whose top-1 box has IoU >= 0.5
+    iou_before: float  # mean top-1 box IoU on the labelled lesion images (served proposer)
+    iou_after: float  # the same, out of fold
+    hit_before: float  # share of those whose top-1 box has IoU >= 0.5
     hit_after: float
-    losses: list[float] = field(default_factory=list)
+    images: int = 0
+    lesion_free: int = 0
+    lesion_free_refused_before: float | None = None  # share of lesion-free images given no lesion (served)
+    lesion_free_refused_after: float | None = None  # the same, out of fold, at the calibrated threshold
+    gate: dict[str, Any] = field(default_factory=dict)  # GateResult of the per-image score
+    match_threshold: float | None = None  # the calibrated presence threshold (published with the version)
+    losses: list[float] = field(default_factory=list)  # per epoch, of the model trained on all images
     seconds: float = 0.0
     reason: str = ""
 
@@ -65,109 +119,205 @@ def heat_target(item: Item, img_size: int, grid: int) -> torch.Tensor:
     return F.avg_pool2d(frame[None, None], img_size // grid)[0, 0]
 
 
-def top1_iou(proposer, item: Item, text: str) -> float:
-    """IoU of the proposer's top candidate with the nearest lesion box of the label (each lesion or all of it)."""
+@dataclass
+class Outcome:
+    """One image under one proposer: the match score and the top-1 box's IoU with the nearest lesion (None for
+    a lesion-free image), whatever the threshold."""
+
+    match: float
+    iou: float | None
+
+    def score(self, threshold: float) -> float:
+        present = self.match >= threshold
+        if self.iou is None:
+            return float(not present)
+        return self.iou if present else 0.0
+
+
+def outcome(proposer, item: Item, text: str) -> Outcome:
+    """Run the proposer's inference code with its threshold at 0, so the box is known at every threshold."""
+    probe = proposer.with_model(proposer.model, type(proposer.calibration)(0.0, proposer.heat_threshold))
     enc = Encoded(item.embedding, item.original_size, item.input_size)
-    proposal = proposer.propose(None, text, top_k=1, encoded=enc)
+    proposal = probe.propose(None, text, top_k=1, encoded=enc)
+    if not item.lesions:
+        return Outcome(proposal.match_score, None)
     if not proposal.candidates:
-        return 0.0
+        return Outcome(proposal.match_score, 0.0)
     truth = np.array([mask_to_box(m) for _, m in item.lesions] + [mask_to_box(item.mask)], np.float32)
-    return float(box_iou(np.array(proposal.candidates[0].box, np.float32), truth).max())
+    return Outcome(proposal.match_score, float(box_iou(np.array(proposal.candidates[0].box, np.float32), truth).max()))
 
 
-def validate(proposer, items: list[Item], text: str) -> tuple[float, float]:
-    """``(mean top-1 IoU, hit rate at IoU 0.5)`` on ``items``; NaN when there are none."""
-    ious = np.array([top1_iou(proposer, it, text) for it in items])
-    if not len(ious):
-        return float("nan"), float("nan")
-    return float(ious.mean()), float((ious >= 0.5).mean())
+def top1_iou(proposer, item: Item, text: str) -> float:
+    """IoU of the proposer's top candidate (at its own threshold) with the nearest lesion box of the label."""
+    return outcome(proposer, item, text).score(proposer.threshold)
 
 
-class HeadData:
-    """The frozen Q-Former outputs and the targets of every training image, computed once."""
+def calibrate(outcomes: list[Outcome], floor: float, recall: float = 0.95) -> float:
+    """The highest presence threshold at which ``recall`` of the lesion images in ``outcomes`` are still found
+    (their match at or above it), never below ``floor``."""
+    matches = np.sort([o.match for o in outcomes if o.iou is not None])
+    if not len(matches):
+        return floor
+    keep = int(np.ceil(recall * len(matches)))  # lesion images that must stay at or above the threshold
+    return float(max(floor, matches[len(matches) - keep]))
+
+
+def refused(outcomes: list[Outcome], threshold: float) -> float | None:
+    """Share of the lesion-free images in ``outcomes`` given no lesion at ``threshold`` (None if there are none)."""
+    free = [o.match < threshold for o in outcomes if o.iou is None]
+    return float(np.mean(free)) if free else None
+
+
+class SiteData:
+    """Targets of every labelled image and, for ``heads`` scope, the frozen Q-Former outputs (computed once)."""
 
     def __init__(self, model: QFormerLite, items: list[Item], tokens: torch.Tensor, token_mask: torch.Tensor,
-                 img_size: int):
+                 img_size: int, scope: str):
         grid = model.cfg.grid
         self.device = dev = next(model.parameters()).device
+        self.scope = scope
+        self.tokens, self.token_mask = tokens.clone().to(dev), token_mask.clone().to(dev)
+        self.items = items
         self.z: list[dict[str, torch.Tensor]] = []
-        self.valid, self.heat, self.box = [], [], []
+        self.valid, self.heat, self.box, self.match = [], [], [], []
         with torch.no_grad():
             for it in items:
-                valid = valid_grid(it.input_size, img_size, grid)[None].to(dev)
-                z = model.encode(it.embedding.to(dev), valid, tokens[None].to(dev), token_mask[None].to(dev))
-                self.z.append({k: v.to(torch.float16 if k == "feats" else torch.float32) for k, v in z.items()})
-                self.valid.append(valid[0])
-                self.heat.append(heat_target(it, img_size, grid).to(dev))
-                self.box.append(box_target(it.mask).to(dev))
+                valid = valid_grid(it.input_size, img_size, grid).to(dev)
+                self.valid.append(valid)
+                positive = bool(it.lesions)
+                self.match.append(1.0 if positive else 0.0)
+                self.heat.append(heat_target(it, img_size, grid).to(dev) if positive else torch.zeros(grid, grid))
+                self.box.append(box_target(it.mask).to(dev) if positive else torch.tensor([0.5, 0.5, 1.0, 1.0]))
+                if scope == "heads":
+                    z = model.encode(it.embedding.to(dev).float(), valid[None], self.tokens[None],
+                                     self.token_mask[None])
+                    self.z.append({k: v.to(torch.float16 if k == "feats" else torch.float32) for k, v in z.items()})
 
-    def __len__(self) -> int:
-        return len(self.z)
-
-    def batch(self, idx: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        z = {k: torch.cat([self.z[i][k] for i in idx]).float() for k in self.z[0]}
+    def forward(self, model: QFormerLite, idx: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         valid = torch.stack([self.valid[i] for i in idx])
-        n = len(idx)  # domain -1: no contrastive term (those heads are frozen)
-        target = {"match": torch.ones(n, device=self.device), "mask": torch.stack([self.heat[i] for i in idx]),
-                  "box": torch.stack([self.box[i] for i in idx]), "valid": valid,
-                  "domain": torch.full((n,), -1, device=self.device)}
-        return z, target
+        n = len(idx)
+        if self.scope == "heads":
+            z = {k: torch.cat([self.z[i][k] for i in idx]).float() for k in self.z[0]}
+            out = model.heads(z, valid)
+        else:
+            emb = torch.cat([self.items[i].embedding for i in idx]).to(self.device).float()
+            out = model(emb, valid, self.tokens[None].expand(n, -1, -1), self.token_mask[None].expand(n, -1))
+        target = {"match": torch.tensor([self.match[i] for i in idx], device=self.device),
+                  "mask": torch.stack([self.heat[i] for i in idx]), "box": torch.stack([self.box[i] for i in idx]),
+                  "valid": valid, "domain": torch.full((n,), -1, device=self.device)}  # -1: no contrastive term
+        return out, target
 
 
-def fine_tune_proposer(proposer, train_items: list[Item], val_items: list[Item], store: ProposerStore,
-                       epochs: int, lr: float, batch_size: int = 8, tolerance: float = 0.0, seed: int = 0,
-                       text: str = "lesion") -> ProposerRun:
-    """Train the heads of a copy of the served proposer on ``train_items``; publish if validation is not worse."""
-    started = time.time()
-    base_version = proposer.version
-    model = copy.deepcopy(proposer.model)
-    img_size = proposer.predictor.backbone.img_size
-    before = validate(proposer, val_items, text)
-    run = ProposerRun(False, base_version, base_version, before[0], float("nan"), before[1], float("nan"))
-    if epochs == 0 or not train_items:  # nothing changes: the served proposer's scores are the answer
-        run.iou_after, run.hit_after = before
-        run.reason = "proposer not trained (no epochs or no training image)"
-        run.seconds = round(time.time() - started, 2)
-        logger.info(f"training: {run.reason}")
-        return run
-    feats = proposer.text_encoder.encode(text)
-    data = HeadData(model, train_items, feats.tokens, feats.mask, img_size)
+def trainable(model: QFormerLite, scope: str, learn_match: bool) -> list[torch.nn.Parameter]:
+    """Unfreeze what ``scope`` trains; the match head only when lesion-free images teach it."""
     model.requires_grad_(False)
-    params = []
-    for name in QFormerLite.HEADS:
+    names = list(QFormerLite.HEADS) + (["itm_head"] if learn_match else [])
+    if scope == "qformer":
+        names += ["image_proj", "pos", "text_proj", "queries", "token_type", "qformer"]
+    params: list[torch.nn.Parameter] = []
+    for name in names:
         part = getattr(model, name)
         part.requires_grad_(True)
         params += [part] if isinstance(part, torch.nn.Parameter) else list(part.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    rng = np.random.default_rng(seed)
-    weights = {"itm": 0.0, "itc": 0.0}
+    return params
+
+
+def train_copy(base: QFormerLite, data: SiteData, idx: list[int], cfg: ProposerConfig, learn_match: bool
+               ) -> tuple[QFormerLite, list[float]]:
+    """A copy of ``base`` trained on images ``idx`` of ``data``; returns it (eval mode) and the epoch losses."""
+    model = copy.deepcopy(base)
+    opt = torch.optim.AdamW(trainable(model, cfg.scope, learn_match), lr=cfg.lr, weight_decay=0.01)
+    rng = np.random.default_rng(cfg.seed)
+    weights = {"itm": 1.0 if learn_match else 0.0, "itc": 0.0}
     model.train()
-    for _ in range(epochs):
-        order, total = rng.permutation(len(data)), 0.0
-        for s in range(0, len(order), batch_size):
-            idx = [int(i) for i in order[s: s + batch_size]]
-            z, target = data.batch(idx)
-            out = model.heads(z, target["valid"])
+    history = []
+    for _ in range(cfg.epochs):
+        order, total, seen = rng.permutation(idx), 0.0, 0
+        for s in range(0, len(order), cfg.batch_size):
+            batch = [int(i) for i in order[s: s + cfg.batch_size]]
+            out, target = data.forward(model, batch)
             loss = losses(out, target, model, weights)["total"]
+            if not loss.requires_grad:  # a batch of lesion-free images while the match head is frozen
+                continue
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
-        run.losses.append(round(total / max(len(data), 1), 5))
-    model.eval().requires_grad_(False)
-    run.iou_after, run.hit_after = validate(proposer.with_model(model), val_items, text)
-    if not run.iou_after >= run.iou_before - tolerance:  # also refuses NaN (no validation image)
-        run.reason = (f"proposer not published: validation top-1 box IoU {run.iou_after:.4f} < served "
-                      f"{run.iou_before:.4f} - tolerance {tolerance}")
-    else:
-        state = {f"qformer.{k}": v for k, v in model.state_dict().items()}
-        meta = {"base_version": base_version, "iou_before": run.iou_before, "iou_after": run.iou_after,
-                "hit_before": run.hit_before, "hit_after": run.hit_after, "train_images": len(data),
-                "epochs": epochs, "lr": lr, "text": text, "losses": run.losses}
-        run.version = store.publish_state(state, {"proposer_base": proposer.base_id}, meta)
-        run.published = True
-        run.reason = (f"published proposer {run.version}: validation top-1 box IoU {run.iou_before:.4f} -> "
-                      f"{run.iou_after:.4f}, hit rate {run.hit_before:.3f} -> {run.hit_after:.3f}")
+            total, seen = total + loss.item() * len(batch), seen + len(batch)
+        history.append(round(total / max(seen, 1), 5))
+    return model.eval().requires_grad_(False), history
+
+
+def _iou_stats(outcomes: list[Outcome], threshold: float) -> tuple[float, float]:
+    scores = np.array([o.score(threshold) for o in outcomes if o.iou is not None])
+    return (float(scores.mean()), float((scores >= 0.5).mean())) if len(scores) else (float("nan"), float("nan"))
+
+
+def fine_tune_proposer(proposer, items: list[Item], store: ProposerStore, cfg: ProposerConfig | None = None,
+                       text: str = "lesion") -> ProposerRun:
+    """Teach a copy of the served proposer the site's labelled ``items`` (lesion-free ones included); publish into
+    ``store`` if out-of-fold it beats the served proposer with confidence (module docstring)."""
+    cfg = cfg or ProposerConfig()
+    started = time.time()
+    base_version = proposer.version
+    served_thr = proposer.threshold
+    before = [outcome(proposer, it, text) for it in items]
+    iou_b, hit_b = _iou_stats(before, served_thr)
+    n_neg = sum(not it.lesions for it in items)
+    run = ProposerRun(False, base_version, base_version, iou_b, float("nan"), hit_b, float("nan"),
+                      images=len(items), lesion_free=n_neg)
+    n_pos = len(items) - n_neg
+    if cfg.epochs == 0 or n_pos == 0 or len(items) < 2:
+        run.iou_after, run.hit_after = iou_b, hit_b
+        run.reason = "proposer not trained (no epochs, no lesion image, or fewer than 2 labelled images)"
+        return _done(run, started)
+    learn_match = n_neg >= MIN_NEGATIVES
+    feats = proposer.text_encoder.encode(text)
+    data = SiteData(proposer.model, items, feats.tokens, feats.mask, proposer.predictor.backbone.img_size, cfg.scope)
+    index = {it.image_id: i for i, it in enumerate(items)}
+    oof: list[Outcome | None] = [None] * len(items)
+    for fold in folds(list(index), cfg.folds):
+        held = {index[i] for i in fold}
+        rest = [i for i in range(len(items)) if i not in held]
+        if not any(data.match[i] for i in rest):  # nothing to learn where the lesion is: keep the served answer
+            for i in held:
+                oof[i] = before[i]
+            continue
+        model, _ = train_copy(proposer.model, data, rest, cfg, learn_match)
+        clone = proposer.with_model(model)
+        for i in held:
+            oof[i] = outcome(clone, items[i], text)
+    floor = max(MIN_THRESHOLD, float(getattr(proposer, "mismatch_floor", None) or 0.0))
+    # only ever lowered: a few near-certain in-domain matches would otherwise push it up to ~1
+    threshold = min(served_thr, calibrate(oof, min(floor, served_thr), cfg.recall))
+    run.match_threshold = float(threshold)
+    run.iou_after, run.hit_after = _iou_stats(oof, threshold)
+    run.lesion_free_refused_before, run.lesion_free_refused_after = refused(before, served_thr), refused(oof, threshold)
+    lesion = [i for i, it in enumerate(items) if it.lesions]
+    gate = paired_bootstrap(np.array([before[i].score(served_thr) for i in lesion]),
+                            np.array([oof[i].score(threshold) for i in lesion]), cfg.confidence, seed=cfg.seed)
+    passed = gate.n >= 3 and gate.lower > -cfg.tolerance
+    run.gate = {**gate.to_json(), "passed": passed, "tolerance": cfg.tolerance, "folds": min(cfg.folds, len(items)),
+                "metric": "per lesion image: top-1 box IoU with the nearest lesion, 0 when nothing is proposed"}
+    if not passed:
+        run.reason = f"proposer not published: out-of-fold top-1 IoU {gate.describe()}, not better with confidence"
+        return _done(run, started)
+    model, run.losses = train_copy(proposer.model, data, list(range(len(items))), cfg, learn_match)
+    calibration = {"calibration.match_threshold": torch.tensor(float(threshold)),
+                   "calibration.heat_threshold": torch.tensor(float(proposer.heat_threshold))}
+    state = {**{f"qformer.{k}": v for k, v in model.state_dict().items()}, **calibration}
+    meta = {"base_version": base_version, "text": text, "config": asdict(cfg), "images": len(items),
+            "lesion_free": n_neg, "match_threshold": threshold,
+            "lesion_free_refused": [run.lesion_free_refused_before, run.lesion_free_refused_after],
+            "gate": run.gate, "iou_before": iou_b,
+            "iou_after": run.iou_after, "hit_before": hit_b, "hit_after": run.hit_after, "losses": run.losses}
+    run.version = store.publish_state(state, {"proposer_base": proposer.base_id}, meta)
+    run.published = True
+    run.reason = (f"published proposer {run.version}: out-of-fold top-1 IoU {gate.describe()}; presence threshold "
+                  f"{served_thr:.3f} -> {threshold:.3f}")
+    return _done(run, started)
+
+
+def _done(run: ProposerRun, started: float) -> ProposerRun:
     run.seconds = round(time.time() - started, 2)
     logger.info(f"training: {run.reason} ({run.seconds:.1f} s)")
     return run

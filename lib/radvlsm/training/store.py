@@ -186,9 +186,10 @@ class ModuleWatcher:
     """
 
     def __init__(self, store: DecoderStore, modules: dict[str, torch.nn.Module], lock: threading.Lock,
-                 identity: tuple[str, str]):
+                 identity: tuple[str, str], optional: tuple[str, ...] = ()):
         self.store = store
         self.modules = modules
+        self.optional = optional  # modules a version may leave out: they get their shipped state
         self.lock = lock
         self.identity = identity  # (payload key, the value this process's modules need)
         self.shipped = {f"{name}.{k}": v.detach().clone().cpu() for name, m in modules.items()
@@ -226,6 +227,8 @@ class ModuleWatcher:
         """Load ``state`` into the modules (called under the lock)."""
         for name, module in self.modules.items():
             sub = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            if not sub and name in self.optional:
+                sub = {k[len(name) + 1:]: v for k, v in self.shipped.items() if k.startswith(name + ".")}
             module.load_state_dict(sub, strict=True)
 
     def _load(self, version: str) -> bool:

@@ -3,9 +3,10 @@ only if not worse. Usable without the server (benchmarks, scripts) and by the ``
 
 The run starts from the version being served (continual learning from each round of corrections). Nothing is
 written to the served pointer unless the new decoder's mean validation Dice is at least the served one's minus
-``tolerance``; an exception or a kill before that leaves the served model as it was. The proposer's heads, when
-asked for, are fine-tuned after the decoder on the same split and gated the same way on their own metric
-(held-back top-1 box IoU) into their own store (:mod:`radvlsm.training.proposer`).
+``tolerance``; an exception or a kill before that leaves the served model as it was. The ``qformer_lite`` proposer
+(``train_proposer``, on by default) is then taught the site from every labelled image, lesion-free ones included,
+and published into its own store only if its cross-validated per-image score beats the served proposer's with
+confidence (:mod:`radvlsm.training.proposer`, :mod:`radvlsm.training.gate`).
 """
 
 from __future__ import annotations
@@ -107,21 +108,26 @@ def _run(predictor, samples: list[TrainSample], store: DecoderStore, cfg: TrainC
         logger.info(f"training: {len(train_ids)} training / {len(val_ids)} validation images; base {base_version}")
         _check_encoder(predictor, base_version, state)
         head, tail = _encoder_split(predictor, cfg)
-        train_items = prepare([by_id[i] for i in train_ids], predictor, cfg.max_lesions, head)
-        val_items = prepare([by_id[i] for i in val_ids], predictor, cfg.max_lesions, head) if rank == 0 else []
-        if not train_items:
+        train_all = prepare([by_id[i] for i in train_ids], predictor, cfg.max_lesions, head, keep_empty=True)
+        val_all = prepare([by_id[i] for i in val_ids], predictor, cfg.max_lesions, head, keep_empty=True) \
+            if rank == 0 else []
+        # the decoder learns from lesions; the proposer also from lesion-free labels (presence)
+        train_items, val_items = [it for it in train_all if it.lesions], [it for it in val_all if it.lesions]
+        if not train_items and not (proposer_target is not None and any(it.lesions for it in val_all)):
             raise ValueError("no training image has a non-empty label")
         result = RunResult(False, base_version, base_version, float("nan"), float("nan"), train_ids, val_ids)
-        if cfg.train_decoder or cfg.train_prompt_encoder:
+        if (cfg.train_decoder or cfg.train_prompt_encoder) and train_items:
             result = _decoder_part(result, predictor, store, state, cfg, rank, train_items, val_items, stats,
                                    progress, should_stop, tail)
         else:
-            result.reason = "decoder not trained (train_decoder and train_prompt_encoder are false)"
+            result.reason = ("decoder not trained (train_decoder and train_prompt_encoder are false)" if not
+                             (cfg.train_decoder or cfg.train_prompt_encoder) else
+                             "decoder not trained (no lesion among its training images)")
         if proposer_target is not None and rank == 0:
             stats.update(stage="proposer")
             proposer, proposer_store = proposer_target
-            run = fine_tune_proposer(proposer, train_items, val_items, proposer_store, cfg.proposer_epochs,
-                                     cfg.proposer_lr, tolerance=cfg.tolerance, seed=cfg.seed, text=text)
+            # every labelled image: the proposer's gate is cross-validated (radvlsm.training.proposer)
+            run = fine_tune_proposer(proposer, train_all + val_all, proposer_store, cfg.proposer_config(), text)
             result.proposer = run.to_json()
             result.reason += f"; {run.reason}"
         result.seconds = round(time.time() - started, 2)

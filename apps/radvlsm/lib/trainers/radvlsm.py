@@ -23,12 +23,14 @@ from radvlsm.training.datastore import samples_from_datastore
 from radvlsm.training.store import ProposerStore
 
 logger = logging.getLogger(__name__)
-DESCRIPTION = ("Fine-tune SAM's prompt encoder + mask decoder (optionally with low-rank adapters in the image "
-               "encoder's last stage, and the qformer_lite proposer's relevance and box heads) on the final "
-               "(corrected) labels; each is published only if its held-back validation metric is not worse. "
-               "Options: epochs, lr, batch_size, box_jitter, clicks, train_decoder, train_prompt_encoder, "
-               "train_proposer, proposer_epochs, proposer_lr, encoder_lora_rank, encoder_lora_lr, tolerance, seed, "
-               "max_images, multi_gpu.")
+DESCRIPTION = ("Teach the app the site from its final (corrected) labels, lesion-free ones included: SAM's prompt "
+               "encoder + mask decoder (optionally with low-rank adapters in the image encoder's last stage) and the "
+               "qformer_lite proposer (where the lesion is; whether there is one, from lesion-free labels). Each is "
+               "published only if its validation says so (decoder: held-back Dice not worse; proposer: "
+               "cross-validated per-image score better with confidence). Options: epochs, lr, batch_size, "
+               "box_jitter, clicks, train_decoder, train_prompt_encoder, train_proposer, proposer_epochs, "
+               "proposer_lr, proposer_scope, proposer_folds, gate_confidence, encoder_lora_rank, encoder_lora_lr, "
+               "tolerance, seed, max_images, multi_gpu.")
 
 
 def _alive(pid: Any) -> bool:

@@ -1,0 +1,121 @@
+"""A new site teaches the text path through the real server, with default options.
+
+BUS-UCLM (a breast site in Spain, another scanner; no shipped model trained on it) in a fresh datastore, served
+with the cross-site proposer (``--conf qformer_checkpoint model/qformer_lite_xsite/...``: the start the
+learning-curve benchmark uses). Final labels of the training patients' images, lesion-free ones as empty labels,
+are saved with Slicer's own client (``MONAILabelLib``, with ``label_info``); ``POST /train/radvlsm`` with **no
+options**; then ``/infer/radvlsm`` on the held-back patients' images, same server process (no restart), finds
+their lesions better than before (top lesion's box IoU with the reference), and the published proposer carries
+its presence threshold.
+
+Skipped where ``../shared/data/bus-uclm`` is absent (research licence: never bundled).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import shutil
+import time
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from tests.conftest import ROOT, start_server, stop_server
+from tests.test_server_slicer import slicer_client_module
+
+pytestmark = pytest.mark.e2e
+UCLM = ROOT.parent / "shared" / "data" / "bus-uclm"
+XSITE = ROOT / "model" / "qformer_lite_xsite" / "qformer_lite.pt"
+N_LABELS, N_TEST = 25, 16
+PHRASE = "breast lesion"
+
+
+def _cases():
+    """``(labelled, test)`` ids: training patients (a seeded draw, lesion-free images included) and lesion images of
+    held-back patients (``sha1(patient) mod 5 == 0``, the benchmarks' split)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.datasets import held_out, uclm
+
+    with open(UCLM / "info.csv") as f:
+        patient = {r["id"]: r["patient"] for r in csv.DictReader(f)}
+    lesion, normal = {c for _, _, c in uclm("lesion")}, {c for _, _, c in uclm("normal")}
+    pool = sorted(c for c in lesion | normal if not held_out(patient[c]))
+    random.Random(0).shuffle(pool)
+    test = sorted(c for c in lesion if held_out(patient[c]))
+    random.Random(1).shuffle(test)
+    return pool[:N_LABELS], test[:N_TEST], normal
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    if not (UCLM / "info.csv").is_file():
+        pytest.skip("needs ../shared/data/bus-uclm (not bundled)")
+    labelled, test, normal = _cases()
+    tmp = tmp_path_factory.mktemp("site")
+    studies = tmp / "studies"
+    studies.mkdir()
+    for c in labelled + test:
+        shutil.copy(UCLM / "images" / f"{c}.jpg", studies / f"{c}.jpg")
+    server = start_server(tmp, conf={"qformer_checkpoint": str(XSITE)})
+    yield server, labelled, test, normal, tmp
+    stop_server(server.proc)
+
+
+def top_lesion_iou(url: str, cases: list[str]) -> tuple[float, set[str]]:
+    """Mean IoU of the top lesion's box (the mask's tight box, from the JSON) with the reference lesion's box;
+    0 where no lesion is returned."""
+    from radvlsm.geometry import mask_to_box
+    from radvlsm.proposals.boxes import box_iou
+
+    scores, versions = [], set()
+    for c in cases:
+        r = requests.post(f"{url}/infer/radvlsm", params={"image": c, "output": "json"},
+                          files={"params": (None, json.dumps({"text": PHRASE, "diagnose": False}))}, timeout=300)
+        assert r.status_code == 200, r.text
+        res = r.json()
+        versions.add(res["proposer_version"])
+        gt = np.array(Image.open(UCLM / "masks" / f"{c}.png").convert("L")) > 0
+        boxes = [lesion["box"] for lesion in res["lesions"][:1]]
+        scores.append(float(box_iou(np.array(boxes[0], np.float32), np.array([mask_to_box(gt)], np.float32))[0, 0])
+                      if boxes else 0.0)
+    return float(np.mean(scores)), versions
+
+
+def test_default_train_teaches_the_site_and_infer_uses_it_live(site):
+    server, labelled, test, normal, tmp = site
+    before, versions = top_lesion_iou(server.url, test)
+    assert versions == {"shipped"}
+
+    client = slicer_client_module().MONAILabelClient(server.url, tmpdir=str(tmp))
+    for c in labelled:  # Submit Label as Slicer does; a lesion-free image is an empty label
+        mask = np.array(Image.open(UCLM / "masks" / f"{c}.png").convert("L")) > 0
+        assert mask.any() != (c in normal)
+        path = tmp / f"{c}.png"
+        Image.fromarray(mask.astype(np.uint8)).save(path)
+        saved = client.save_label(c, str(path), params={"label_info": [{"name": "lesion", "idx": 1}]})
+        assert saved["image"] == c
+
+    r = requests.post(f"{server.url}/train/radvlsm", json={}, timeout=30)  # no options: the defaults
+    assert r.status_code == 200, r.text
+    deadline = time.time() + 900
+    while (task := requests.get(f"{server.url}/train/", timeout=30).json())["status"] in ("SUBMITTED", "RUNNING"):
+        assert time.time() < deadline, "training did not finish"
+        time.sleep(3)
+    assert task["status"] == "DONE", task
+    stats = requests.get(f"{server.url}/info/", timeout=30).json()["train_stats"]["radvlsm"]
+    proposer = stats["proposer"]
+    n_free = sum(c in normal for c in labelled)
+    assert proposer["images"] == N_LABELS and proposer["lesion_free"] == n_free > 0, proposer
+    assert proposer["published"] and proposer["gate"]["passed"] and proposer["gate"]["lower"] > 0, proposer
+    assert 0.0 < proposer["match_threshold"] < 1.0
+    assert stats["seconds"] < 600, stats["seconds"]
+
+    after, versions = top_lesion_iou(server.url, test)  # same server process: picked up live
+    assert versions == {proposer["version"]}
+    assert after > before + 0.05, (before, after)
