@@ -194,7 +194,7 @@ def report(work: Path) -> None:
             dec = r.get("decoder", {})
             dec_s = "-" if not dec else (dec["version"] if dec["published"] else "kept")
             prop = r.get("proposer")
-            prop_s = "-" if not prop else (f"{prop['version']} (thr {prop['match_threshold']})" if prop["published"]
+            prop_s = "-" if not prop else (f"{prop['version']} (thr {prop['match_threshold']:.3f})" if prop["published"]
                                            else "kept")
             print(f"| {name} | {r['labels']} ({r.get('lesion_free_labels', 0)}) | {a['dice']:.4f} | {b['dice']:.4f} | "
                   f"{a['no_lesion']:.1%} / {b['no_lesion']:.1%} | {nf} | {wp} | {r['train_s']:.0f} | {dec_s} | "

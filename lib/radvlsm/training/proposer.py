@@ -16,12 +16,14 @@ only evidence of what its lesions and its lesion-free images look like, and ther
   bootstrap, :mod:`radvlsm.training.gate`). Lesion-free images are reported (share refused, before and after),
   not gated on.
 * The presence threshold is **sensitivity first**: the highest threshold at which the out-of-fold match still
-  finds ``recall`` (95 %) of the labelled lesion images, never below the checkpoint's mismatch floor (so a wrong
-  organ's phrase still finds nothing) and never above the served threshold. Measured at BUS-UCLM (``benchmarks/bench_site_adaptation.py``): the match
-  head, even trained on the site's lesion-free images, tells its lesion images from its normal ones poorly, and
+  finds ``recall`` (95 %) of the labelled lesion images, never below the checkpoint's mismatch floor and never
+  above the served threshold. Measured at BUS-UCLM (``benchmarks/bench_site_adaptation.py``): the match head,
+  even trained on the site's lesion-free images, tells its lesion images from its normal ones poorly, and
   choosing the threshold for lesion-free images as well turned a third of the lesions into "no lesion" answers;
-  a clinician dismisses a false candidate in a glance but a missed lesion is the failure that matters. It is
-  published with the weights (:class:`~radvlsm.proposals.qformer_lite.Calibration`).
+  a clinician dismisses a false candidate in a glance, a missed lesion is the failure that matters. It is
+  published with the weights (:class:`~radvlsm.proposals.qformer_lite.Calibration`). Known cost: trained on one
+  phrase, the Q-Former loses some of its text conditioning, so a wrong organ's phrase ("colon polyp" on breast
+  US) finds a lesion on a share of the site's images afterwards (the benchmark reports it).
 
 The published model is trained on all labelled images. Validation runs the inference code itself
 (:meth:`QFormerLiteProposer.with_model`), and a published version is served live by every proposer that follows
