@@ -36,8 +36,9 @@ class GateResult:
 
 
 def paired_bootstrap(before: np.ndarray, after: np.ndarray, confidence: float = 0.9, resamples: int = 2000,
-                     seed: int = 0, min_images: int = 3) -> GateResult:
-    """Whether ``after`` beats ``before`` (per-image scores of the same images) with ``confidence``.
+                     seed: int = 0, min_images: int = 3, tolerance: float = 0.0) -> GateResult:
+    """Whether ``after`` beats ``before`` (per-image scores of the same images) with ``confidence``: the lower
+    bound of the mean gain is above ``-tolerance`` (0: strictly better).
 
     Fewer than ``min_images`` pairs never pass: there is no confidence to be had."""
     before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
@@ -50,7 +51,7 @@ def paired_bootstrap(before: np.ndarray, after: np.ndarray, confidence: float = 
     rng = np.random.default_rng(seed)
     means = diff[rng.integers(0, n, size=(resamples, n))].mean(1)
     lower = float(np.quantile(means, 1 - confidence))
-    passed = bool(n >= min_images and lower > 0)
+    passed = bool(n >= min_images and lower > -tolerance)
     return GateResult(n, float(before.mean()), float(after.mean()), float(diff.mean()), lower, confidence, passed)
 
 

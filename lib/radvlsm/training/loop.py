@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radvlsm.training.data import Item, error_click, jitter_box, model_frame_target
+from radvlsm.training.proposer import ProposerConfig
 from radvlsm.training.store import PARTS
 
 logger = logging.getLogger(__name__)
@@ -46,14 +47,14 @@ class TrainConfig:
     #: adapted encoder then serves the mask decoder only. 0 = the encoder stays frozen (default)
     encoder_lora_rank: int = 0
     encoder_lora_lr: float = 2e-4
-    proposer_epochs: int = 10
-    proposer_lr: float = 1e-4
+    proposer_epochs: int = ProposerConfig.epochs
+    proposer_lr: float = ProposerConfig.lr
     #: ``qformer`` (the Q-Former and its heads: about a minute per 25 images and fold on a 2-core CPU) or
     #: ``heads`` (relevance map, box head, and the match head given lesion-free labels: seconds)
-    proposer_scope: str = "qformer"
-    proposer_folds: int = 3
+    proposer_scope: str = ProposerConfig.scope
+    proposer_folds: int = ProposerConfig.folds
     #: the proposer is published when its out-of-fold gain is above -tolerance with this confidence
-    gate_confidence: float = 0.9
+    gate_confidence: float = ProposerConfig.confidence
     #: publish when validation Dice >= the served model's - tolerance (0: never publish a worse model)
     tolerance: float = 0.0
     seed: int = 0
@@ -83,10 +84,8 @@ class TrainConfig:
         cfg.proposer_config()  # checks its fields
         return cfg
 
-    def proposer_config(self):
-        """The proposer fine-tune's settings (:class:`radvlsm.training.proposer.ProposerConfig`)."""
-        from radvlsm.training.proposer import ProposerConfig
-
+    def proposer_config(self) -> ProposerConfig:
+        """The proposer fine-tune's settings (their defaults are :class:`ProposerConfig`'s)."""
         return ProposerConfig(epochs=self.proposer_epochs, lr=self.proposer_lr, scope=self.proposer_scope,
                               folds=max(self.proposer_folds, 2), confidence=self.gate_confidence,
                               tolerance=self.tolerance, seed=self.seed)

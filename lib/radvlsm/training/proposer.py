@@ -296,9 +296,10 @@ def fine_tune_proposer(proposer, items: list[Item], store: ProposerStore, cfg: P
     run.lesion_free_refused_before, run.lesion_free_refused_after = refused(before, served_thr), refused(oof, threshold)
     lesion = [i for i, it in enumerate(items) if it.lesions]
     gate = paired_bootstrap(np.array([before[i].score(served_thr) for i in lesion]),
-                            np.array([oof[i].score(threshold) for i in lesion]), cfg.confidence, seed=cfg.seed)
-    passed = gate.n >= 3 and gate.lower > -cfg.tolerance
-    run.gate = {**gate.to_json(), "passed": passed, "tolerance": cfg.tolerance, "folds": min(cfg.folds, len(items)),
+                            np.array([oof[i].score(threshold) for i in lesion]), cfg.confidence, seed=cfg.seed,
+                            tolerance=cfg.tolerance)
+    passed = gate.passed
+    run.gate = {**gate.to_json(), "tolerance": cfg.tolerance, "folds": min(cfg.folds, len(items)),
                 "metric": "per lesion image: top-1 box IoU with the nearest lesion, 0 when nothing is proposed"}
     if not passed:
         run.reason = f"proposer not published: out-of-fold top-1 IoU {gate.describe()}, not better with confidence"
