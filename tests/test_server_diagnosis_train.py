@@ -41,9 +41,7 @@ def test_recalibrated_head_is_published_and_served_live(srv):
     assert before["head_version"] == "shipped" and before["mask_source"] == "saved final label"
 
     bad = requests.post(f"{srv.url}/train/diagnosis", json={"strength": "a lot"}, timeout=30)
-    assert bad.status_code == 200  # MONAI Label starts the run; the run itself fails with a message
-    assert wait_done(srv)["status"] == "ERROR"
-    assert "strength" in requests.get(f"{srv.url}/info/", timeout=30).json()["train_stats"]["diagnosis"]["error"]
+    assert bad.status_code == 422 and "strength" in bad.json()["detail"], bad.text  # refused before any run starts
 
     sync = requests.post(f"{srv.url}/train/diagnosis", params={"run_sync": "true"}, json={"tolerance": -1}, timeout=60)
     assert sync.status_code == 422 and "tolerance" in sync.json()["detail"], sync.text

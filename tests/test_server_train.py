@@ -62,6 +62,24 @@ def wait_done(srv, timeout=600) -> dict:
     raise AssertionError("training did not finish in time")
 
 
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("radvlsm", {}, "labels"),  # no final label saved yet
+    ("radvlsm", {"epoch": 1}, "epoch"),  # misspelt: must not run 5 epochs silently
+    ("radvlsm", {"epochs": "five"}, "epochs"),
+    ("radvlsm", {"proposer_scope": "all"}, "proposer_scope"),
+    ("radvlsm", {"gate_confidence": 2}, "gate_confidence"),
+    ("radvlsm", {"max_images": "all"}, "max_images"),
+    ("", {"radvlsm": {"train_proposer": "maybe"}}, "train_proposer"),  # POST /train/: options per task
+    ("diagnosis", {"strength": "a lot"}, "strength"),
+])
+def test_bad_train_request_is_a_422_before_any_run(srv, path, body, field):
+    r = requests.post(f"{srv.url}/train/{path}", json=body, timeout=30)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].split(" training: ")[1].startswith(f"{field}:"), r.text
+    assert requests.get(f"{srv.url}/train/", params={"check_if_running": True}, timeout=30).status_code != 200
+    assert not store_dir(srv).exists() and not proposer_dir(srv).exists()
+
+
 def test_train_publishes_and_infer_uses_it_live(srv):
     for i in LABELLED:
         r = requests.put(f"{srv.url}/datastore/label", params={"image": i, "tag": "final"},

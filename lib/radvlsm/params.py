@@ -62,6 +62,14 @@ def get_choice(params: dict[str, Any], name: str, default: str, choices: set[str
     return value
 
 
+def check_known(params: dict[str, Any], known: Any, what: str = "option", ignore: tuple[str, ...] = ()) -> None:
+    """Refuse a key that is neither in ``known`` nor in ``ignore``: a misspelt option ("epoch") must not run
+    with the default silently."""
+    unknown = sorted(set(params) - set(known) - set(ignore))
+    if unknown:
+        raise InputError(unknown[0], f"unknown {what}; available: {', '.join(sorted(known))}")
+
+
 #: Characters allowed in a label tag (a directory name under ``labels/``).
 _TAG_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 

@@ -16,6 +16,9 @@ label tags with ``../`` are joined into paths). The app installs, when it runs i
 * a check that the JSON form fields of ``/infer`` and ``/datastore`` (``params``, ``info``) are JSON objects: MONAI
   Label's endpoint functions (looked up by name when a request comes) are wrapped so that ``params=[1]`` or
   ``params=5`` is a 422 instead of a TypeError (500) inside ``dict.update``;
+* ``POST /train/<model>`` and ``POST /train/``: the train task's ``validate(request, datastore)`` runs first, so a
+  misspelt option, a wrong type or too few final labels is a 422 naming it (MONAI Label 0.8.5 answers 200 and
+  starts a background run that then fails; the task itself runs in a subprocess the endpoint never hears from);
 * with ``MONAI_LABEL_AUTH_ENABLE``, MONAI Label's bearer-token check with the signing algorithms pinned (see
   :func:`_patch_token_check`: as shipped it refuses every token under PyJWT 2.x).
 """
@@ -193,6 +196,47 @@ def _wrap_endpoints() -> None:
         setattr(module, name, _json_object_field(fn, field))
 
 
+def _validated_train(fn, radvlsm_app: Any):
+    """Wrap MONAI Label's ``run_model`` / ``run`` (``monailabel.endpoints.train``) so that every train task with a
+    ``validate`` method checks its request before the background run starts. To drop with an upstream that
+    validates train requests synchronously."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        arguments = sig.bind_partial(*args, **kwargs).arguments
+        params = arguments.get("params") or {}
+        if not isinstance(params, dict):
+            raise HTTPException(422, f"params: expected a JSON object {{...}}, got {type(params).__name__}")
+        trainers = getattr(radvlsm_app, "_trainers", {}) or {}
+        model = arguments.get("model")
+        # run_model: the body is the task's options; run (all tasks): the body maps each task to its options
+        requests_ = {model: params} if model else {m: params.get(m) or {} for m in trainers}
+        for name, request in requests_.items():
+            validate = getattr(trainers.get(name), "validate", None)
+            if validate is None:
+                continue
+            if not isinstance(request, dict):
+                raise HTTPException(422, f"{name}: expected a JSON object of train options")
+            try:
+                validate({"model": name, **request}, radvlsm_app.datastore())
+            except InputError as exc:
+                raise HTTPException(422, f"{name} training: {exc}") from exc
+        return fn(*args, **kwargs)
+
+    wrapper.radvlsm_guard = True
+    return wrapper
+
+
+def _wrap_train_endpoints(radvlsm_app: Any) -> None:
+    from monailabel.endpoints import train as ep_train
+
+    for name in ("run_model", "run"):
+        fn = getattr(ep_train, name, None)
+        if fn is not None:
+            setattr(ep_train, name, _validated_train(getattr(fn, "__wrapped__", fn), radvlsm_app))
+
+
 def _patch_token_check(algorithms: list[str]) -> None:
     """MONAI Label 0.8.5 decodes the bearer token with ``jwt.decode(token, key, options=...)`` and no
     ``algorithms``; PyJWT 2.x then refuses every token ("It is required that you pass in a value for the
@@ -245,6 +289,7 @@ def install(fastapi_app, radvlsm_app: Any, max_upload_bytes: int | None,
     if max_upload_bytes is not None and hasattr(fastapi_app, "max_body_size"):
         fastapi_app.max_body_size = max_upload_bytes  # also bounds chunked bodies that carry no Content-Length
     _wrap_endpoints()
+    _wrap_train_endpoints(radvlsm_app)
     from monailabel.config import settings
 
     if settings.MONAI_LABEL_AUTH_ENABLE:

@@ -23,6 +23,8 @@ from radvlsm.io import load_image, load_mask
 
 logger = logging.getLogger(__name__)
 HOLD_OUT_MODULUS = 5
+#: one image to train on and one to validate on, at the least
+MIN_LABELLED = 2
 #: connected components smaller than this many pixels are not prompted as lesions of their own
 MIN_COMPONENT_PX = 16
 PATHOLOGIES = ("benign", "malignant")
@@ -65,8 +67,8 @@ def id_hash(image_id: str) -> int:
 def split(ids: list[str]) -> tuple[list[str], list[str]]:
     """``(train, validation)`` ids by the documented hash rule (see the module docstring)."""
     ids = sorted(set(ids))
-    if len(ids) < 2:
-        raise ValueError(f"need at least 2 labelled images to train and validate, have {len(ids)}")
+    if len(ids) < MIN_LABELLED:
+        raise ValueError(f"need at least {MIN_LABELLED} labelled images to train and validate, have {len(ids)}")
     val = [i for i in ids if id_hash(i) % HOLD_OUT_MODULUS == 0]
     if not val or len(val) == len(ids):
         val = [min(ids, key=id_hash)]

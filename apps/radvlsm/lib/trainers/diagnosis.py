@@ -14,7 +14,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from radvlsm.diagnosis.recalibrate import HeadStore, LabelledLesion, branch_logits, recalibrate
 from radvlsm.io import load_image, load_mask
-from radvlsm.params import get_float, get_int
+from radvlsm.params import check_known, get_float, get_int
 from radvlsm.training import TrainingBusy
 from radvlsm.training.data import lesion_components
 from radvlsm.training.datastore import samples_from_datastore
@@ -37,12 +37,18 @@ class DiagnosisTrain(TrainTask):
     def stats(self) -> dict[str, Any]:
         return {**self.store.read_stats(), "served_version": self.store.current(), "versions": self.store.versions()}
 
+    def validate(self, request: dict[str, Any], datastore=None, strict: bool = True) -> tuple[float, float, int | None]:
+        """``(strength, tolerance, max_images)``, or an :class:`~radvlsm.errors.InputError` naming the bad option;
+        the app calls it before MONAI Label starts the run in the background (``lib/guards.py``)."""
+        if strict:  # the run itself is not: MONAI Label's POST /train/ merges every task's options into each
+            check_known(request, self.config(), "train option", ignore=("model", "bundle_path"))
+        return (get_float(request, "strength", 5.0, 1e-6, 1e6), get_float(request, "tolerance", 0.0, 0.0, 10.0),
+                get_int(request, "max_images", 0, 0, 10**6) or None)
+
     def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any]:
         start = time.time()
         try:
-            strength = get_float(request, "strength", 5.0, 1e-6, 1e6)
-            tolerance = get_float(request, "tolerance", 0.0, 0.0, 10.0)
-            limit = get_int(request, "max_images", 0, 0, 10**6) or None
+            strength, tolerance, limit = self.validate(request, datastore, strict=False)
             with self.store.training_lock():
                 pipeline = self.pipeline()
                 diagnoser = pipeline.diagnoser

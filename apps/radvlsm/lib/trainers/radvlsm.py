@@ -17,12 +17,17 @@ import torch
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.train import TrainTask
 
+from radvlsm.errors import InputError
+from radvlsm.params import check_known, get_bool, get_int
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.training import DecoderStore, TrainConfig, TrainingBusy, fine_tune
+from radvlsm.training.data import MIN_LABELLED
 from radvlsm.training.datastore import samples_from_datastore
 from radvlsm.training.store import ProposerStore
 
 logger = logging.getLogger(__name__)
+#: keys MONAI Label itself puts into a train request
+SERVER_KEYS = ("model", "bundle_path")
 DESCRIPTION = ("Teach the app the site from its final (corrected) labels, lesion-free ones included: SAM's prompt "
                "encoder + mask decoder (optionally with low-rank adapters in the image encoder's last stage) and the "
                "qformer_lite proposer (where the lesion is; whether there is one, from lesion-free labels). Each is "
@@ -64,13 +69,33 @@ class RadVLSMTrain(TrainTask):
             out["proposer_versions"] = self.proposer_store.versions()
         return out
 
-    def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any]:
+    def validate(self, request: dict[str, Any], datastore, strict: bool = True) -> tuple[TrainConfig, list]:
+        """The options and the final labels a run would use, or an :class:`InputError` naming what is wrong.
+
+        The app calls it before MONAI Label starts the run in the background (``lib/guards.py``), so a misspelt
+        option, a wrong type or too few labels is a 422 at once instead of a 200 and a failed run."""
+        if strict:  # the run itself is not: MONAI Label's POST /train/ merges every task's options into each
+            check_known(request, self.config(), "train option", ignore=SERVER_KEYS)
         try:
             cfg = TrainConfig.from_request(request)
-            limit = int(request.get("max_images") or 0) or None
-            samples = samples_from_datastore(datastore, limit)
+        except InputError:
+            raise
+        except ValueError as exc:  # TrainConfig's messages start with the field's name
+            field, _, message = str(exc).partition(": ")
+            raise InputError(field, message or str(exc)) from exc
+        limit = get_int(request, "max_images", 0, 0, 10**6) or None
+        get_bool(request, "multi_gpu", False)
+        samples = samples_from_datastore(datastore, limit)
+        if len(samples) < MIN_LABELLED:
+            raise InputError("labels", f"training needs at least {MIN_LABELLED} final labels (one to train on, one "
+                                       f"to validate on); the datastore has {len(samples)}")
+        return cfg, samples
+
+    def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any]:
+        try:
+            cfg, samples = self.validate(request, datastore, strict=False)
             gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if request.get("multi_gpu") and gpus > 1:
+            if get_bool(request, "multi_gpu", False) and gpus > 1:
                 from radvlsm.training.distributed import launch
 
                 out = launch(self.predictor, samples, self.store, cfg, world_size=gpus)
