@@ -2,7 +2,7 @@
 
     python benchmarks/bench_site_adaptation.py [--site uclm|ddti] [--steps 5 10 25 50]
         [--strategies random uncertainty] [--variant default] [--options '{"proposer_scope": "heads"}']
-        [--pool 150] [--eval 0] [--work DIR] [--report]
+        [--pool 150] [--eval 0] [--exemplars] [--work DIR] [--report]
 
 A site's images are split by patient (``sha1(patient) mod 5 == 0`` held back, as ``benchmarks/datasets.py``).
 The start is a proposer that never saw the site: for ``uclm`` (BUS-UCLM, breast, Spain) the cross-site
@@ -15,7 +15,10 @@ patients' images after a seeded shuffle; BUS-UCLM's lesion-free images included,
 final labels; :func:`radvlsm.training.fine_tune` runs with ``TrainConfig()`` defaults (what ``POST
 /train/radvlsm`` with no options runs), plus ``--options``, continuing from the versions it published before.
 ``uncertainty`` rescores the unlabelled pool under the served models each round (the product's scoring method);
-``random`` draws uniformly (seeded).
+``random`` draws uniformly (seeded). With ``--exemplars`` (the server's ``--conf site_exemplars true``; off by
+default there and here), each label joins the site's exemplars when it is saved, before the round's training
+(VESSA stage 1, :mod:`radvlsm.proposals.site_exemplars`); on resume they are re-learned in labelling order, as the
+server re-learns its final labels at start-up.
 
 Measured on the held-back patients through the served stack (encoder runtime ``auto``, the published decoder and
 proposer, :class:`radvlsm.pipeline.RadVLSMPipeline` defaults): text Dice (label > 0 vs the mask) of lesion images
@@ -50,6 +53,7 @@ from radvlsm.models import build_backbone  # noqa: E402
 from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline  # noqa: E402
 from radvlsm.predictor import SegmentPredictor  # noqa: E402
 from radvlsm.proposals import build_proposer  # noqa: E402
+from radvlsm.proposals.site_exemplars import ExemplarAssistedProposer, SiteExemplars  # noqa: E402
 from radvlsm.training import DecoderStore, DecoderWatcher, TrainConfig, TrainSample, fine_tune  # noqa: E402
 from radvlsm.training.store import ProposerStore  # noqa: E402
 from radvlsm.training.uncertainty import score_image  # noqa: E402
@@ -95,7 +99,20 @@ class Curve:
         self.proposers = ProposerStore(self.work / "qformer_lite")
         self.proposer = build_proposer("qformer_lite", predictor=self.predictor, checkpoint=str(self.start),
                                        store=self.proposers)
-        self.pipeline = RadVLSMPipeline(self.predictor, self.proposer, None)
+        self.assisted = None
+        if args.exemplars:
+            bank = build_proposer("template", predictor=self.predictor, max_exemplars=200)
+            self.assisted = ExemplarAssistedProposer(self.proposer, SiteExemplars(bank), "lesion")
+            self.learn(self.state["labelled"])
+        self.pipeline = RadVLSMPipeline(self.predictor, self.assisted or self.proposer, None)
+
+    def learn(self, ids: list[str]) -> None:
+        """The labels join the site's exemplars (what the server does when each is saved)."""
+        if self.assisted is None:
+            return
+        for c in ids:
+            image = load_image(self.pool[c][0])
+            self.assisted.learn(c, image, load_mask(self.pool[c][1], image.shape) > 0)
 
     def save(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -151,7 +168,9 @@ class Curve:
             if step <= len(self.state["labelled"]):
                 continue
             t = time.time()
-            self.state["labelled"] += self.pick(step - len(self.state["labelled"]))
+            new = self.pick(step - len(self.state["labelled"]))
+            self.state["labelled"] += new
+            self.learn(new)
             pick_s = time.time() - t
             samples = [TrainSample(c, self.pool[c][0], self.pool[c][1]) for c in self.state["labelled"]]
             cfg = TrainConfig.from_request(self.state["options"])
@@ -166,6 +185,10 @@ class Curve:
                    "eval_s": round(time.time() - t, 1), "decoder": {
                        "published": res.published, "version": res.version, "val_before": res.dice_before,
                        "val_after": res.dice_after}}
+            if self.assisted is not None:
+                rel = self.assisted.site.reliability()
+                row["exemplars"] = {"in_bank": len(self.assisted.site.bank),
+                                    "reliability": rel.to_json() if rel else None}
             if res.proposer is not None:
                 p = res.proposer
                 row["proposer"] = {k: p[k] for k in ("published", "version", "match_threshold", "gate", "seconds")}
@@ -242,6 +265,8 @@ def main() -> None:
     ap.add_argument("--options", type=json.loads, default={}, help="train options (JSON), as POST /train takes")
     ap.add_argument("--pool", type=int, default=150, help="unlabelled pool size (training patients)")
     ap.add_argument("--eval", type=int, default=0, help="first N held-back images (0: all)")
+    ap.add_argument("--exemplars", action="store_true",
+                    help="the site's exemplars help the text proposer (VESSA stage 1, --conf site_exemplars true)")
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "results" / "site_adaptation"))
     ap.add_argument("--report", action="store_true", help="print the table and plot from the work folder")
     args = ap.parse_args()

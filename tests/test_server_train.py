@@ -19,7 +19,8 @@ LABELLED = ["bus_0017-s", "bus_0075-r", "bus_0083-r", "bus_0130-l"]  # bus_0017-
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("train_server"))
+    # site_exemplars (off by default) on: the saved labels' exemplar help is checked here too
+    server = start_server(tmp_path_factory.mktemp("train_server"), conf={"site_exemplars": "true"})
     yield server
     stop_server(server.proc)
 
@@ -114,6 +115,10 @@ def test_train_publishes_and_infer_uses_it_live(srv):
                       files={"params": (None, json.dumps({"diagnose": False}))}, timeout=180)
     assert r.status_code == 200 and r.json()["decoder_version"] == "v0001"
     assert r.json()["proposer_version"] == "v0001" and r.json()["found"]
+    # the 4 saved labels joined the site's exemplars at once (3 scored against both sources: the first met an
+    # empty bank), so the pipeline pools the exemplars' candidates with the text proposer's
+    assert r.json()["prompt_source"] == "qformer_lite+template", r.json()
+    assert any("site exemplars: 4 in the bank" in n for n in r.json()["notes"]), r.json()
     r = requests.post(f"{srv.url}/infer/box_proposal", params={"image": "bus_0370-r", "output": "json"},
                       files={"params": (None, json.dumps({}))}, timeout=120)
     assert r.status_code == 200 and r.json()["backends"]["qformer_lite"]["version"] == "v0001", r.text

@@ -8,8 +8,11 @@ import threading
 import torch
 
 from radvlsm.cache import EmbeddingCache
+from radvlsm.io import load_image, load_mask
 from radvlsm.models import build_backbone
 from radvlsm.predictor import SegmentPredictor
+from radvlsm.proposals import build_proposer
+from radvlsm.proposals.site_exemplars import SiteExemplars
 from radvlsm.runtimes.warmup import warm_up
 from radvlsm.training import DecoderWatcher
 from radvlsm.training.datastore import decoder_store
@@ -46,3 +49,38 @@ def shared_predictor(conf: dict[str, str]) -> SegmentPredictor:
                 version = _predictors[key].decoder_watcher.refresh()
                 logger.info(f"radvlsm: decoder versions in {store.root}; serving {version}")
         return _predictors[key]
+
+
+_sites: dict[int, SiteExemplars] = {}
+
+
+def shared_site_exemplars(conf: dict[str, str], predictor: SegmentPredictor) -> SiteExemplars:
+    """The site's exemplar bank over ``predictor`` (``--conf template_exemplars``, 200): one per app, fed by every
+    task that hears of a saved final label, read by the ``template`` backend and the ``radvlsm`` pipeline."""
+    with _lock:
+        if id(predictor) not in _sites:
+            bank = build_proposer("template", predictor=predictor,
+                                  max_exemplars=int(conf.get("template_exemplars", "200")))
+            _sites[id(predictor)] = SiteExemplars(bank)
+        return _sites[id(predictor)]
+
+
+def learn_final_label(site: SiteExemplars, datastore, image_id: str, text=None, phrase: str = "lesion") -> None:
+    """A saved final label joins the site's exemplars (scored first against ``text``, the served text proposer);
+    a bad stored label must not break saving or serving, so it is logged and skipped."""
+    try:
+        label_uri = datastore.get_label_uri(image_id, "final")
+        if not label_uri:
+            return
+        image = load_image(datastore.get_image_uri(image_id))
+        site.learn(image_id, image, load_mask(label_uri, image.shape) > 0, text, phrase)
+    except Exception as exc:
+        logger.warning(f"site exemplars: skipped {image_id}: {exc}")
+
+
+def learn_saved_labels(site: SiteExemplars, datastore, text=None, phrase: str = "lesion") -> None:
+    """At start-up: the final labels already saved, in the background (each is encoded)."""
+    ids = sorted(datastore.get_labeled_images(label_tag="final"))
+    if ids:
+        threading.Thread(target=lambda: [learn_final_label(site, datastore, i, text, phrase) for i in ids],
+                         daemon=True, name="site-exemplars").start()

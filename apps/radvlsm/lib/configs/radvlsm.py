@@ -1,5 +1,7 @@
 """``radvlsm`` (the full pipeline, type segmentation) and ``diagnosis`` (type classification) share one pipeline:
-the app's predictor (one encode per image), the qformer_lite proposer and the shipped diagnosis head."""
+the app's predictor (one encode per image), the qformer_lite proposer (helped by the site's exemplars with
+``--conf site_exemplars true``: VESSA stage 1, :mod:`radvlsm.proposals.site_exemplars`; off by default, as measured
+neutral) and the shipped diagnosis head."""
 
 from __future__ import annotations
 
@@ -10,10 +12,11 @@ from functools import cached_property
 from monailabel.interfaces.config import TaskConfig
 
 from lib.infers.radvlsm import diagnosis_infer, radvlsm_infer
-from lib.models import shared_predictor
+from lib.models import learn_final_label, learn_saved_labels, shared_predictor, shared_site_exemplars
 from radvlsm.pipeline import RadVLSMPipeline
 from radvlsm.pipeline_service import DiagnosisService, PipelineService
 from radvlsm.proposals import build_proposer
+from radvlsm.proposals.site_exemplars import ExemplarAssistedProposer
 
 logger = logging.getLogger(__name__)
 _pipelines: dict[tuple, RadVLSMPipeline] = {}
@@ -44,8 +47,16 @@ def shared_pipeline(conf: dict[str, str], model_dir: str) -> RadVLSMPipeline:
             diagnoser = Diagnoser.load(head_dir, store=store)
         else:
             logger.warning(f"radvlsm: no diagnosis head in {head_dir}; diagnosis is off")
+        if conf.get("site_exemplars", "false").lower() == "true":
+            proposer = ExemplarAssistedProposer(proposer, shared_site_exemplars(conf, predictor),
+                                                conf.get("text", "lesion"))
         _pipelines[key] = RadVLSMPipeline(predictor, proposer, diagnoser)
     return _pipelines[key]
+
+
+def text_proposer(pipeline: RadVLSMPipeline):
+    """The pipeline's qformer_lite proposer (what training fine-tunes), under the exemplar assistance if any."""
+    return getattr(pipeline.proposer, "text", pipeline.proposer)
 
 
 class RadVLSMConfig(TaskConfig):
@@ -62,8 +73,19 @@ class RadVLSMConfig(TaskConfig):
         from radvlsm.training.datastore import decoder_store, proposer_store
 
         predictor, trained = self.pipeline.predictor, self.conf["trained_dir"]
-        return RadVLSMTrain(predictor, decoder_store(trained, predictor.backbone.name), self.pipeline.proposer,
+        return RadVLSMTrain(predictor, decoder_store(trained, predictor.backbone.name), text_proposer(self.pipeline),
                             proposer_store(trained, predictor.backbone.name), self.conf.get("text", "lesion"))
+
+    def on_datastore(self, datastore) -> None:
+        if isinstance(self.pipeline.proposer, ExemplarAssistedProposer):
+            learn_saved_labels(self.pipeline.proposer.site, datastore, self.pipeline.proposer.text,
+                               self.pipeline.proposer.phrase)
+
+    def on_save_label(self, datastore, image_id: str) -> None:
+        """A saved final label joins the site's exemplars at once (no training needed)."""
+        if isinstance(self.pipeline.proposer, ExemplarAssistedProposer):
+            learn_final_label(self.pipeline.proposer.site, datastore, image_id, self.pipeline.proposer.text,
+                              self.pipeline.proposer.phrase)
 
     def scoring_method(self):
         from lib.activelearning import UncertaintyScoring
@@ -82,6 +104,17 @@ class DiagnosisConfig(RadVLSMConfig):
 
         backbone = self.pipeline.predictor.backbone.name
         return DiagnosisTrain(lambda: self.pipeline, head_store(self.conf["trained_dir"], backbone))
+
+    def on_datastore(self, datastore) -> None:
+        if isinstance(self.pipeline.proposer, ExemplarAssistedProposer):
+            learn_saved_labels(self.pipeline.proposer.site, datastore, self.pipeline.proposer.text,
+                               self.pipeline.proposer.phrase)
+
+    def on_save_label(self, datastore, image_id: str) -> None:
+        """A saved final label joins the site's exemplars at once (no training needed)."""
+        if isinstance(self.pipeline.proposer, ExemplarAssistedProposer):
+            learn_final_label(self.pipeline.proposer.site, datastore, image_id, self.pipeline.proposer.text,
+                              self.pipeline.proposer.phrase)
 
     def scoring_method(self):
         return None

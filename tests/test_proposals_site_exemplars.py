@@ -1,0 +1,130 @@
+"""VESSA stage 1 in the text path (``radvlsm.proposals.site_exemplars``) with the real LiteMedSAM backbone and
+template bank on bundled BUS-BRA samples.
+
+The text proposer here stands for the cross-site failure the module exists for: it answers "present" but puts its
+box and relevance in the image's top-left corner, where no sample has its lesion (and "absent" when asked to).
+Everything else (encoder, bank, aggregation, decoder) is the served code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from radvlsm.io import load_image
+from radvlsm.models import build_backbone
+from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline
+from radvlsm.predictor import SegmentPredictor
+from radvlsm.proposals import build_proposer
+from radvlsm.proposals.base import Candidate, Proposal
+from radvlsm.proposals.site_exemplars import ExemplarAssistedProposer, SiteExemplars, top1_iou
+from tests.conftest import SAMPLES, dice, reference
+
+# the exemplars and queries of tests/test_proposals_template.py (not chosen here)
+EXEMPLARS = ["bus_0130-l", "bus_0133-r", "bus_0164-l", "bus_0017-s"]
+QUERIES = ["bus_0083-r", "bus_0263-l"]
+
+
+class CornerProposer:
+    """A text proposer that looks in the wrong place (top-left eighth of the image), or finds nothing."""
+
+    name = "corner"
+    refine_by_default = False
+    version = "shipped"
+
+    def __init__(self):
+        self.present = True
+
+    def propose(self, image, text, top_k=3, encoded=None) -> Proposal:
+        rows, cols = image.shape
+        heat = np.zeros(image.shape, np.float32)
+        heat[: rows // 8, : cols // 8] = 1.0
+        if not self.present:
+            return Proposal([], 0.01, heat, self.name)
+        box = [0.0, 0.0, cols / 8 - 1, rows / 8 - 1]
+        return Proposal([Candidate(box, 0.9, self.name)], 0.9, heat, self.name)
+
+
+@pytest.fixture(scope="module")
+def predictor() -> SegmentPredictor:
+    torch.set_num_threads(1)
+    return SegmentPredictor(build_backbone("litemedsam"))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return {i: load_image(SAMPLES / "images" / f"{i}.png") for i in EXEMPLARS + QUERIES}
+
+
+@pytest.fixture()
+def assisted(predictor, images) -> ExemplarAssistedProposer:
+    site = SiteExemplars(build_proposer("template", predictor=predictor, max_exemplars=20), min_scored=3)
+    proposer = ExemplarAssistedProposer(CornerProposer(), site, "breast lesion")
+    for i in EXEMPLARS:
+        assert proposer.learn(i, images[i], reference(i))
+    return proposer
+
+
+def test_reliability_is_scored_on_labels_the_sources_had_not_seen(predictor, images):
+    site = SiteExemplars(build_proposer("template", predictor=predictor, max_exemplars=20), min_scored=3)
+    text = CornerProposer()
+    for n, i in enumerate(EXEMPLARS[:3]):
+        assert site.learn(i, images[i], reference(i), text, "lesion")
+        assert len(site.bank) == n + 1
+    assert site.reliability() is None  # the first label met an empty bank: 2 scored, 3 needed
+    assert not site.learn(EXEMPLARS[2], images[EXEMPLARS[2]], reference(EXEMPLARS[2]), text)  # same label again
+    assert site.learn(EXEMPLARS[3], images[EXEMPLARS[3]], reference(EXEMPLARS[3]), text)
+    rel = site.reliability()
+    assert rel is not None and rel.scored == 3
+    assert rel.text < 0.05 < rel.bank  # the corner never overlaps a lesion; the bank finds some
+    # a label emptied by the clinician leaves the bank
+    assert site.learn(EXEMPLARS[0], images[EXEMPLARS[0]], np.zeros(images[EXEMPLARS[0]].shape, bool), text)
+    assert EXEMPLARS[0] not in site.bank.ids
+    with pytest.raises(ValueError, match="does not match"):
+        site.learn("x", images[EXEMPLARS[1]], np.zeros((3, 3), bool), text)
+
+
+def test_full_bank_makes_room_for_the_newest_label(predictor, images):
+    site = SiteExemplars(build_proposer("template", predictor=predictor, max_exemplars=2))
+    for i in EXEMPLARS[:3]:
+        site.learn(i, images[i], reference(i))
+    assert site.bank.ids == EXEMPLARS[1:3]
+
+
+def test_without_a_record_the_text_proposer_answers_alone(predictor, images):
+    site = SiteExemplars(build_proposer("template", predictor=predictor, max_exemplars=20), min_scored=3)
+    text = CornerProposer()
+    proposer = ExemplarAssistedProposer(text, site)
+    site.learn(EXEMPLARS[0], images[EXEMPLARS[0]], reference(EXEMPLARS[0]), text)
+    p = proposer.propose(images[QUERIES[0]], "lesion")
+    assert p.backend == "corner" and len(p.candidates) == 1
+
+
+def test_exemplars_find_the_lesion_the_text_proposer_misses(assisted, images):
+    rel = assisted.site.reliability()
+    hits = 0
+    for q in QUERIES:
+        p = assisted.propose(images[q], "breast lesion", top_k=3)
+        assert p.backend == "corner+template" and p.candidates[0].backend == "template"
+        assert any("source reliability" in n for n in p.notes)
+        assert p.candidates[0].extra["source_weight"] == pytest.approx(rel.bank, abs=1e-4)
+        assert p.heatmap.shape == images[q].shape
+        hits += top1_iou(p, reference(q)) >= 0.5
+    assert hits >= 1
+
+
+def test_presence_stays_the_text_proposers_decision(assisted, images):
+    assisted.text.present = False
+    p = assisted.propose(images[QUERIES[0]], "breast lesion")
+    assert p.candidates == [] and p.backend == "corner"
+
+
+def test_pipeline_mask_improves_with_the_sites_exemplars(assisted, predictor, images):
+    alone = RadVLSMPipeline(predictor, assisted.text)
+    helped = RadVLSMPipeline(predictor, assisted)
+    opts = PipelineOptions(text="breast lesion", diagnose=False)
+    d_alone = [dice(alone.run(images[q], opts).label > 0, reference(q)) for q in QUERIES]
+    res = [helped.run(images[q], opts) for q in QUERIES]
+    d_helped = [dice(r.label > 0, reference(q)) for r, q in zip(res, QUERIES, strict=True)]
+    assert max(d_alone) < 0.05 and np.mean(d_helped) > np.mean(d_alone) + 0.3, (d_alone, d_helped)
+    assert res[0].result["prompt_source"] == "corner+template"
