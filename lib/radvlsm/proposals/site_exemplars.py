@@ -3,9 +3,10 @@
 Why: at a site the shipped proposer never saw, the text path looks in the wrong place; the segmenter given a box
 is fine (the cross-site benchmark). The exemplar bank (:mod:`radvlsm.proposals.template`) needs no training: on
 BUS-UCLM held-back patients, 10 of the site's labelled lesions as exemplars gave text-free Dice 0.42 where the
-cross-site text proposer gave 0.26 (``benchmarks/bench_site_adaptation.py``, README). But the bank cannot say
+cross-site text proposer gave 0.21-0.26 (``benchmarks/bench_site_exemplars.py``). But the bank cannot say
 whether a lesion is there at all (every exemplar holds one: it proposed on every lesion-free image), and how much
-each source is worth differs from site to site and changes as the text proposer learns the site. So:
+each source is worth differs from site to site (in domain, putting the bank first cost 14.5 Dice points) and
+changes as the text proposer learns the site. So:
 
 * **presence** stays the text proposer's decision (its threshold, calibrated at the site by training);
 * where it says present, the candidates of both sources are pooled, each scaled by its **source's reliability at
@@ -16,6 +17,11 @@ each source is worth differs from site to site and changes as the text proposer 
   bank without that exemplar, the text proposer as served at that time: both are scored on what they had not
   seen). The mean over the last ``window`` learned labels is the weight; until ``min_scored`` labels are scored
   the text proposer answers alone.
+
+Measured (README, *A new site*): neutral before training (within a point, at BUS-UCLM and in domain) and worse
+after the text proposer was trained at 50 corrections, because the record still held scores of the proposer
+before that training. So the server runs it only with ``--conf site_exemplars true``. What would close it: rescore
+the text proposer's record when a version is published, and a presence signal of the site's own.
 """
 
 from __future__ import annotations
