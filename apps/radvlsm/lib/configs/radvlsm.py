@@ -105,16 +105,5 @@ class DiagnosisConfig(RadVLSMConfig):
         backbone = self.pipeline.predictor.backbone.name
         return DiagnosisTrain(lambda: self.pipeline, head_store(self.conf["trained_dir"], backbone))
 
-    def on_datastore(self, datastore) -> None:
-        if isinstance(self.pipeline.proposer, ExemplarAssistedProposer):
-            learn_saved_labels(self.pipeline.proposer.site, datastore, self.pipeline.proposer.text,
-                               self.pipeline.proposer.phrase)
-
-    def on_save_label(self, datastore, image_id: str) -> None:
-        """A saved final label joins the site's exemplars at once (no training needed)."""
-        if isinstance(self.pipeline.proposer, ExemplarAssistedProposer):
-            learn_final_label(self.pipeline.proposer.site, datastore, image_id, self.pipeline.proposer.text,
-                              self.pipeline.proposer.phrase)
-
     def scoring_method(self):
         return None
