@@ -40,9 +40,9 @@ class CornerProposer:
         heat = np.zeros(image.shape, np.float32)
         heat[: rows // 8, : cols // 8] = 1.0
         if not self.present:
-            return Proposal([], 0.01, heat, self.name)
+            return Proposal([], 0.01, heat, self.name, version=self.version)
         box = [0.0, 0.0, cols / 8 - 1, rows / 8 - 1]
-        return Proposal([Candidate(box, 0.9, self.name)], 0.9, heat, self.name)
+        return Proposal([Candidate(box, 0.9, self.name)], 0.9, heat, self.name, version=self.version)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,18 @@ def test_exemplars_find_the_lesion_the_text_proposer_misses(assisted, images):
         assert p.heatmap.shape == images[q].shape
         hits += top1_iou(p, reference(q)) >= 0.5
     assert hits >= 1
+
+
+def test_a_new_text_version_restarts_the_record(assisted, images):
+    """Scores of the version before a fine-tune do not weigh the new one (the bank's record would be stale)."""
+    assert assisted.site.reliability("shipped") is not None
+    assisted.text.version = "v0001"
+    p = assisted.propose(images[QUERIES[0]], "breast lesion")
+    assert p.backend == "corner" and p.version == "v0001"  # the text proposer alone until 3 labels are scored
+    for i in QUERIES:  # labels saved after the publish are scored against v0001
+        assisted.learn(i, images[i], reference(i))
+    assert assisted.site.reliability("v0001") is None  # 2 of 3
+    assert assisted.site.reliability("shipped").scored == 3
 
 
 def test_presence_stays_the_text_proposers_decision(assisted, images):

@@ -16,12 +16,15 @@ changes as the text proposer learns the site. So:
   it joins the bank, both sources propose on its image and the top-1 box IoU with its lesion is recorded (the
   bank without that exemplar, the text proposer as served at that time: both are scored on what they had not
   seen). The mean over the last ``window`` learned labels is the weight; until ``min_scored`` labels are scored
-  the text proposer answers alone.
+  the text proposer answers alone. Only scores of the text proposer's **served version** count: after a fine-tune
+  is published the record starts again (rescoring the old labels would score the new version on its own training
+  labels).
 
-Measured (README, *A new site*): neutral before training (within a point, at BUS-UCLM and in domain) and worse
-after the text proposer was trained at 50 corrections, because the record still held scores of the proposer
-before that training. So the server runs it only with ``--conf site_exemplars true``. What would close it: rescore
-the text proposer's record when a version is published, and a presence signal of the site's own.
+Measured (README, *A new site*): neutral before training (within a point, at BUS-UCLM and in domain), and worse
+after the text proposer was trained at 50 corrections while the record still held scores of the version before
+(the record now restarts with each version). So the server runs it only with ``--conf site_exemplars true``.
+What would close it: a presence signal of the site's own (the bank's gain is on images the text proposer answers
+"no lesion" on).
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ class SiteExemplars:
             raise ValueError("window and min_scored must be >= 1")
         self.bank = bank
         self.min_scored = min_scored
-        self._scores: deque[tuple[float, float]] = deque(maxlen=window)
+        self._scores: deque[tuple[str, float, float]] = deque(maxlen=window)  # text version, text IoU, bank IoU
         self._learned: dict[str, str] = {}  # case id -> digest of the mask it was learned with
         self._lock = threading.Lock()
 
@@ -101,8 +104,8 @@ class SiteExemplars:
                 if len(self.bank):
                     enc = self.bank.predictor.encode(image)
                     bank_iou = top1_iou(self.bank.propose(image, phrase, top_k=1, encoded=enc), mask)
-                    text_iou = top1_iou(text.propose(image, phrase, top_k=1, encoded=enc), mask)
-                    self._scores.append((text_iou, bank_iou))
+                    proposal = text.propose(image, phrase, top_k=1, encoded=enc)
+                    self._scores.append((proposal.version, top1_iou(proposal, mask), bank_iou))
             if len(self.bank) >= self.bank.max_exemplars and case_id not in self.bank.ids:
                 oldest = self.bank.ids[0]  # derived data: the label itself stays in the datastore
                 logger.info(f"site exemplars: the bank is full ({self.bank.max_exemplars}); {oldest} makes room")
@@ -110,10 +113,11 @@ class SiteExemplars:
             self.bank.add_exemplar(case_id, image, mask)
             return True
 
-    def reliability(self) -> Reliability | None:
-        """The sources' mean top-1 IoU over the last ``window`` scored labels; None until ``min_scored``."""
+    def reliability(self, version: str | None = None) -> Reliability | None:
+        """The sources' mean top-1 IoU over the last ``window`` scored labels whose text proposer was ``version``
+        (None: all); None until ``min_scored`` of them."""
         with self._lock:
-            scores = list(self._scores)
+            scores = [(t, b) for v, t, b in self._scores if version is None or v == version]
         if len(scores) < self.min_scored or not len(self.bank):
             return None
         text, bank = np.mean(scores, axis=0)
@@ -150,7 +154,7 @@ class ExemplarAssistedProposer:
 
     def propose(self, image: Image2D, text: str, top_k: int = 3, encoded: Encoded | None = None) -> Proposal:
         proposal = self.text.propose(image, text, top_k=top_k, encoded=encoded)
-        rel = self.site.reliability()
+        rel = self.site.reliability(proposal.version)  # scores of the version that answered
         if rel is None or not proposal.candidates:
             return proposal  # presence is the text proposer's decision
         enc = encoded or self.site.bank.predictor.encode(image)
