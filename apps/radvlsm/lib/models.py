@@ -54,6 +54,11 @@ def shared_predictor(conf: dict[str, str]) -> SegmentPredictor:
 _sites: dict[int, SiteExemplars] = {}
 
 
+def site_exemplars_on(conf: dict[str, str]) -> bool:
+    """``--conf site_exemplars true``: the radvlsm pipeline is helped by the site's exemplars (off by default)."""
+    return conf.get("site_exemplars", "false").lower() == "true"
+
+
 def shared_site_exemplars(conf: dict[str, str], predictor: SegmentPredictor) -> SiteExemplars:
     """The site's exemplar bank over ``predictor`` (``--conf template_exemplars``, 200): one per app, fed by every
     task that hears of a saved final label, read by the ``template`` backend and the ``radvlsm`` pipeline."""

@@ -11,7 +11,13 @@ from monailabel.interfaces.config import TaskConfig
 
 from lib.configs.radvlsm import proposer_kwargs
 from lib.infers.box_proposal import box_proposal_infer
-from lib.models import learn_final_label, learn_saved_labels, shared_predictor, shared_site_exemplars
+from lib.models import (
+    learn_final_label,
+    learn_saved_labels,
+    shared_predictor,
+    shared_site_exemplars,
+    site_exemplars_on,
+)
 from radvlsm.proposal_service import ProposalService
 from radvlsm.proposals import build_proposer
 
@@ -32,9 +38,15 @@ class BoxProposalConfig(TaskConfig):
     def trainer(self):
         return None
 
+    def _scorer(self):
+        """The text proposer each label is scored against before it joins the bank: only the pipeline's exemplar
+        help reads those scores, so without it (the default) a label save does not run two proposers for nothing.
+        With it, whichever task hears of the save first scores it (learning is idempotent)."""
+        return self.qformer if site_exemplars_on(self.conf) else None
+
     def on_datastore(self, datastore) -> None:
         """Seed the site's exemplars with the final labels already saved (in the background: each is encoded)."""
-        learn_saved_labels(self.site, datastore, self.qformer, self.conf.get("text", "lesion"))
+        learn_saved_labels(self.site, datastore, self._scorer(), self.conf.get("text", "lesion"))
 
     def on_save_label(self, datastore, image_id: str) -> None:
-        learn_final_label(self.site, datastore, image_id, self.qformer, self.conf.get("text", "lesion"))
+        learn_final_label(self.site, datastore, image_id, self._scorer(), self.conf.get("text", "lesion"))

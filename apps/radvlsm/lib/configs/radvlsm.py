@@ -12,7 +12,13 @@ from functools import cached_property
 from monailabel.interfaces.config import TaskConfig
 
 from lib.infers.radvlsm import diagnosis_infer, radvlsm_infer
-from lib.models import learn_final_label, learn_saved_labels, shared_predictor, shared_site_exemplars
+from lib.models import (
+    learn_final_label,
+    learn_saved_labels,
+    shared_predictor,
+    shared_site_exemplars,
+    site_exemplars_on,
+)
 from radvlsm.pipeline import RadVLSMPipeline
 from radvlsm.pipeline_service import DiagnosisService, PipelineService
 from radvlsm.proposals import build_proposer
@@ -47,7 +53,7 @@ def shared_pipeline(conf: dict[str, str], model_dir: str) -> RadVLSMPipeline:
             diagnoser = Diagnoser.load(head_dir, store=store)
         else:
             logger.warning(f"radvlsm: no diagnosis head in {head_dir}; diagnosis is off")
-        if conf.get("site_exemplars", "false").lower() == "true":
+        if site_exemplars_on(conf):
             proposer = ExemplarAssistedProposer(proposer, shared_site_exemplars(conf, predictor),
                                                 conf.get("text", "lesion"))
         _pipelines[key] = RadVLSMPipeline(predictor, proposer, diagnoser)
