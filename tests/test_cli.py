@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from radvlsm import cli
 from radvlsm.cli import main
 from tests.conftest import SAMPLES, dice, reference
 
@@ -33,3 +38,32 @@ def test_bad_inputs_exit_non_zero_with_a_message(tmp_path, capsys):
                  "--out", str(tmp_path / "out"), "--no-diagnose"])
     assert code == 2 and "inverted" in capsys.readouterr().err
     assert not list((tmp_path / "out").glob("*"))
+
+
+def test_segment_prints_only_the_answer(tmp_path):
+    """As a user runs it (a fresh process, default warning filters, progress bars on): stdout is the summary line,
+    stderr has no deprecation warnings and no weight-loading progress bar."""
+    case = "bus_0370-r"
+    image = str(SAMPLES / "images" / f"{case}.png")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONWARNINGS", "HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE")}
+    proc = subprocess.run([sys.executable, "-m", "radvlsm.cli", "segment", image, "--text", "breast lesion",
+                           "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    for marker in ("FutureWarning", "DeprecationWarning", "UserWarning", "Loading weights", "it/s", "\r", "\u2588"):
+        assert marker not in proc.stderr, f"{marker!r} on stderr:\n{proc.stderr}"
+    result = json.loads((tmp_path / f"{case}.json").read_text())
+    summary = "; ".join(f"lesion {x['label']}: {x['area_px']} px, {x['diagnosis']['summary']}"
+                        for x in result["lesions"])
+    assert result["lesions"] and proc.stdout == f"{image}: {summary}\n"
+
+
+@pytest.mark.parametrize("argv", [["-v", "segment", "x.png", "--out", "o"], ["segment", "x.png", "--out", "o", "-v"],
+                                  ["segment", "x.png", "--out", "o", "--verbose"], ["segment", "x.png", "--out", "o"]])
+def test_verbose_flag_before_or_after_the_command(monkeypatch, argv):
+    seen = {}
+    monkeypatch.setattr(cli, "show_log", lambda: seen.setdefault("log", True))
+    monkeypatch.setattr(cli, "cmd_segment", lambda args: seen.setdefault("verbose", args.verbose) and 0)
+    main(argv)
+    verbose = "-v" in argv or "--verbose" in argv
+    assert seen == ({"log": True, "verbose": True} if verbose else {"verbose": False})

@@ -1,16 +1,21 @@
 """``radvlsm`` command line: the pipeline without a server, for people who want to look at the result.
 
-    radvlsm segment IMAGE [IMAGE ...] --text "breast lesion" --out DIR [--no-diagnose] [--box x0 y0 x1 y1]
+    radvlsm segment IMAGE [IMAGE ...] --text "breast lesion" --out DIR [--no-diagnose] [--box x0 y0 x1 y1] [-v]
 
 Writes, per image, ``<stem>_mask.png`` (lesion i = i+1), ``<stem>.json`` and ``<stem>_overlay.png`` (lesion
-outline, box and diagnosis). Bad input is a message on stderr and exit status 2; nothing half-written is left.
+outline, box and diagnosis), and prints one summary line per image on stdout. Bad input is a message on stderr and
+exit status 2; nothing half-written is left. Nothing else is printed unless ``-v``/``--verbose`` asks for the
+log (radvlsm's INFO and up, other libraries' WARNING and up, on stderr) and the weight-loading progress bars.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +51,30 @@ def overlay(rgb: np.ndarray, label: np.ndarray, result: dict) -> np.ndarray:
     return np.array(im)
 
 
+@contextmanager
+def quiet_progress_bars(quiet: bool = True) -> Iterator[None]:
+    """No progress bars while the models load (transformers draws one on stderr for the text encoder's weights);
+    the previous setting is restored afterwards."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # nothing draws a bar then
+        hf_logging = None
+    if not quiet or hf_logging is None or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
+    with quiet_progress_bars(not getattr(args, "verbose", False)):
+        return _segment(args)
+
+
+def _segment(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from radvlsm.diagnosis import Diagnoser
@@ -91,10 +119,26 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 2 if failures else 0
 
 
+def show_log() -> None:
+    """``--verbose``: radvlsm's own INFO and up (runtime choice, exports, timings), other libraries' WARNING and up,
+    on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING or r.name.partition(".")[0] == "radvlsm")
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    logging.getLogger("radvlsm").setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="radvlsm", description="Text-guided lesion segmentation and diagnosis")
+    # -v before or after the command; SUPPRESS so the subcommand's absent flag does not reset the top-level one
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show the log (radvlsm's INFO and up) and progress bars on stderr")
+    ap = argparse.ArgumentParser(prog="radvlsm", description="Text-guided lesion segmentation and diagnosis",
+                                 parents=[common])
     sub = ap.add_subparsers(dest="command", required=True)
-    seg = sub.add_parser("segment", help="text -> lesion masks (+ diagnosis) for one or more images")
+    seg = sub.add_parser("segment", help="text -> lesion masks (+ diagnosis) for one or more images",
+                         parents=[common])
     seg.add_argument("images", nargs="+")
     seg.add_argument("--text", default="lesion", help="the phrase (default: the class-agnostic 'lesion')")
     seg.add_argument("--out", required=True, help="output folder")
@@ -107,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     seg.add_argument("--diagnosis-dir", default=None)
     seg.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
+    args.verbose = getattr(args, "verbose", False)
+    if args.verbose:
+        show_log()
     return cmd_segment(args)
 
 

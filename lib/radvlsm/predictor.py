@@ -238,16 +238,6 @@ class SegmentPredictor:
         """Cropped decoder-grid maps ``(K, h, w)`` -> ``(K, rows, cols)`` on the original grid (bilinear)."""
         return F.interpolate(maps[None].float(), enc.original_size, mode="bilinear", align_corners=False)[0]
 
-    def decode_boxes(self, enc: Encoded, boxes: np.ndarray, multimask: bool = False
-                     ) -> tuple[torch.Tensor, np.ndarray]:
-        """Many box prompts in one decoder pass: logits ``(N, K, rows, cols)`` and predicted IoUs ``(N, K)``."""
-        box_t = torch.as_tensor(self._transform.apply_boxes(np.asarray(boxes, np.float32), enc.original_size),
-                                device=self.device)
-        low_res, iou = self._run_decoder(enc, None, box_t, multimask)
-        n, k = low_res.shape[:2]
-        logits = self.postprocess(low_res.reshape(1, n * k, *low_res.shape[2:]), enc)
-        return logits.reshape(n, k, *enc.original_size), iou.float().cpu().numpy()
-
     def postprocess(self, low_res: torch.Tensor, enc: Encoded) -> torch.Tensor:
         """Low-res logits ``(1, K, 256, 256)`` -> ``(K, rows, cols)`` on the original grid."""
         size = self.backbone.img_size

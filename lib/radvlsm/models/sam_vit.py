@@ -9,7 +9,6 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
 
 from radvlsm.errors import CheckpointError
 from radvlsm.models.registry import Backbone, file_version, load_checkpoint_state, register_backbone
@@ -27,6 +26,8 @@ VARIANTS = {  # embed_dim, depth, heads, global attention layer indexes
 
 
 def _build(name: str, img_size: int = 1024) -> Backbone:
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, TwoWayTransformer
+
     embed_dim, depth, heads, global_idx = VARIANTS[name]
     prompt_dim, patch = 256, 16
     encoder = ImageEncoderViT(

@@ -4,6 +4,9 @@ A proposer turns an image (and its cached LiteMedSAM embedding, when it uses one
 candidate boxes in the image's own pixel grid (SAM order ``[x0, y0, x1, y1]``), an image-text match score, and
 optionally a relevance heatmap on the same grid. Candidates carry their backend so the aggregation stage can
 weight sources.
+
+The registry here is a leaf: it imports none of the backends, which import it to register. The built-in backends
+are registered by the package (:mod:`radvlsm.proposals` imports them), so any import of this module sees them.
 """
 
 from __future__ import annotations
@@ -68,23 +71,10 @@ def register_proposer(name: str) -> Callable[[ProposerBuilder], ProposerBuilder]
 
 
 def available_proposers() -> list[str]:
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
 def build_proposer(name: str, **kwargs) -> BoxProposer:
-    _load_builtin()
     if name not in _REGISTRY:
         raise ValueError(f"unknown proposer backend '{name}'; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**kwargs)
-
-
-def _load_builtin() -> None:
-    import importlib
-
-    for module in ("qformer_lite", "blip2", "template"):
-        try:
-            importlib.import_module(f"radvlsm.proposals.{module}")
-        except ModuleNotFoundError as exc:  # a backend still being written must not break the others
-            if exc.name != f"radvlsm.proposals.{module}":
-                raise

@@ -6,52 +6,31 @@ The export is made locally (no network) the first time a backbone/checkpoint is 
 directory name holds everything that changes the file (checkpoint hash, backbone, torch / onnx / onnxruntime
 versions, opset), so a new checkpoint or toolchain gets a new export and an unchanged one is reused across
 restarts. Files are written to a temporary name and renamed (atomic), so a crash or a concurrent export never
-leaves a half-written model behind.
+leaves a half-written model behind. The cache layout, counters and export lock, shared with the decoder export,
+live in :mod:`radvlsm.runtimes.onnx_cache`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import threading
 import time
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import torch
 
 from radvlsm.io import atomic_write
 from radvlsm.models.registry import Backbone
+from radvlsm.runtimes.onnx_cache import EXPORT_ATOL, EXPORT_LOCK, EXPORTS, OPSET, export_dir
+
+# "X as X": re-exported, public names of this module before the cache layout moved to onnx_cache
+from radvlsm.runtimes.onnx_cache import default_cache_dir as default_cache_dir
+from radvlsm.runtimes.onnx_cache import toolchain_tag as toolchain_tag
+from radvlsm.runtimes.onnx_decoder import build_decoder
 from radvlsm.runtimes.registry import register_runtime
 
 logger = logging.getLogger(__name__)
-OPSET = 17
-#: fp32 export must reproduce eager to this (absolute, scaled by the embedding's magnitude) on a probe input
-EXPORT_ATOL = 1e-3
-#: files written by this process, by kind ("fp32", "int8"): tests read it to prove an export was reused
-EXPORTS: Counter[str] = Counter()
-_export_lock = threading.Lock()
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("RADVLSM_CACHE", "~/.cache/radvlsm")).expanduser()
-
-
-def toolchain_tag() -> str:
-    """Hash of what the exported file depends on besides the weights."""
-    import onnx
-    import onnxruntime
-
-    text = f"torch={torch.__version__};onnx={onnx.__version__};ort={onnxruntime.__version__};opset={OPSET}"
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-def export_dir(backbone: Backbone, cache_dir: str | Path | None = None) -> Path:
-    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    return root / "onnx" / f"{backbone.name}-{backbone.version}-{backbone.img_size}-{toolchain_tag()}"
 
 
 def probe_input(backbone: Backbone) -> torch.Tensor:
@@ -63,7 +42,7 @@ def export_fp32(backbone: Backbone, cache_dir: str | Path | None = None) -> Path
     """The fp32 ONNX encoder for ``backbone``: the cached file, or a new export checked against eager."""
     out = export_dir(backbone, cache_dir)
     path = out / "encoder.onnx"
-    with _export_lock:
+    with EXPORT_LOCK:
         if path.exists():
             return path
         out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +88,7 @@ def export_int8(backbone: Backbone, cache_dir: str | Path | None = None) -> Path
 
     fp32 = export_fp32(backbone, cache_dir)
     path = fp32.with_name("encoder.int8.onnx")
-    with _export_lock:
+    with EXPORT_LOCK:
         if path.exists():
             return path
         logger.info(f"radvlsm: quantising the {backbone.name} ONNX encoder to int8 (one-off)")
@@ -152,8 +131,6 @@ def _cpu_only(backbone: Backbone) -> str | None:
 
 @register_runtime("onnx", _cpu_only, "ONNX Runtime CPU, fp32 export of the encoder (made locally, cached)")
 def build_onnx(backbone: Backbone, cache_dir: str | Path | None = None) -> OnnxRuntime:
-    from radvlsm.runtimes.onnx_decoder import build_decoder
-
     return OnnxRuntime("onnx", export_fp32(backbone, cache_dir), decoder=build_decoder(backbone, cache_dir))
 
 
@@ -161,6 +138,4 @@ def build_onnx(backbone: Backbone, cache_dir: str | Path | None = None) -> OnnxR
                   not_for_auto="it changes the embedding by ~17 % (relative L2), and the embedding also feeds the "
                                "proposer and the diagnosis features, which the sam Dice gate does not measure")
 def build_onnx_int8(backbone: Backbone, cache_dir: str | Path | None = None) -> OnnxRuntime:
-    from radvlsm.runtimes.onnx_decoder import build_decoder
-
     return OnnxRuntime("onnx_int8", export_int8(backbone, cache_dir), decoder=build_decoder(backbone, cache_dir))

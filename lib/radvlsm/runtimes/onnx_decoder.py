@@ -19,7 +19,7 @@ from torch import nn
 
 from radvlsm.io import atomic_write
 from radvlsm.models.registry import Backbone
-from radvlsm.runtimes.onnx import EXPORT_ATOL, EXPORTS, OPSET, _export_lock, export_dir
+from radvlsm.runtimes.onnx_cache import EXPORT_ATOL, EXPORT_LOCK, EXPORTS, OPSET, export_dir
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def export_decoder(backbone: Backbone, cache_dir: str | Path | None = None) -> P
     """The ONNX mask decoder for ``backbone`` (cached file, or a new export checked against torch)."""
     out = export_dir(backbone, cache_dir)
     path = out / "decoder.onnx"
-    with _export_lock:
+    with EXPORT_LOCK:
         if path.exists():
             return path
         out.mkdir(parents=True, exist_ok=True)

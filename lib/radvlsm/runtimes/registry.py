@@ -3,6 +3,10 @@
 Like the backbone registry, runtimes register themselves under a name and are chosen from config
 (``--conf runtime onnx``), never from an if-chain. ``auto`` picks the fastest runtime whose Dice gate
 (``gates.json``, written by ``benchmarks/bench_speed.py --dice``) passed for this backbone, checkpoint and device.
+
+This module is a leaf (as timm's ``_registry``): it imports none of the runtime modules, which import it to
+register. The built-in runtimes are registered by the package, :mod:`radvlsm.runtimes` imports them, so any import
+of this module sees them (importing ``radvlsm.runtimes.registry`` runs the package first).
 """
 
 from __future__ import annotations
@@ -58,12 +62,7 @@ def register_runtime(name: str, supported: Callable[[Backbone], str | None], des
     return wrap
 
 
-def _load_builtin() -> None:
-    from radvlsm.runtimes import onnx, torch_runtimes  # noqa: F401  (registers runtimes)
-
-
 def available_runtimes() -> dict[str, RuntimeSpec]:
-    _load_builtin()
     return dict(_REGISTRY)
 
 
