@@ -54,7 +54,7 @@ def test_corrupt_proposer_weights_stop_startup_with_a_message_naming_the_file(tm
 HARNESS = """
 import json, os, random, signal, sys, time
 sys.path.insert(0, {app!r})
-from lib.datastore import SafeLocalDatastore
+from lib.server.datastore import SafeLocalDatastore
 
 def open_ds(studies):
     return SafeLocalDatastore(studies, extensions=["*.png", "*.nii.gz"], auto_reload=False)

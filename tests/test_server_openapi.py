@@ -17,8 +17,8 @@ CASE = "bus_0075-r"  # the image the result examples were recorded on
 
 
 def task_docs() -> dict:
-    """The app's task docs (apps/radvlsm/lib/openapi.py, standard library only)."""
-    spec = importlib.util.spec_from_file_location("radvlsm_app_openapi", APP / "lib" / "openapi.py")
+    """The app's task docs (apps/radvlsm/lib/server/openapi.py, standard library only)."""
+    spec = importlib.util.spec_from_file_location("radvlsm_app_openapi", APP / "lib" / "server" / "openapi.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.TASKS

@@ -18,7 +18,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 import lib.configs
 from lib.activelearning import STRATEGY_TASKS
 from lib.batch import PreAnnotateBatch
-from lib.datastore import SafeLocalDatastore
+from lib.server.datastore import SafeLocalDatastore
 from radvlsm.errors import CheckpointError, InputError
 from radvlsm.io import set_max_pixels
 from radvlsm.params import check_id, get_bool
@@ -68,14 +68,14 @@ class RadVLSMApp(MONAILabelApp):
         self._auto_update_scoring = conf.get("auto_scoring", "false").lower() == "true"
         server = sys.modules.get("monailabel.app")  # only inside `monailabel start_server`, not in train workers
         if server is not None:
-            from lib.guards import install
+            from lib.server.guards import install
 
             upload_mb = float(conf.get("max_upload_mb", "512"))
             install(server.app, self, int(upload_mb * 2**20) if upload_mb > 0 else None,
                     [a.strip() for a in conf.get("auth_algorithms", "RS256").split(",") if a.strip()])
 
     def init_datastore(self):
-        """Local studies folders get checked ids/tags, validated uploads and atomic writes (lib/datastore.py)."""
+        """Local studies folders get checked ids/tags, validated uploads and atomic writes (lib/server/datastore.py)."""
         if self.studies.startswith(("http://", "https://")):
             return super().init_datastore()
         from monailabel.config import settings
@@ -86,8 +86,8 @@ class RadVLSMApp(MONAILabelApp):
 
     def _init_dicomweb_datastore(self):
         """``--studies http(s)://.../dicom-web``: MONAI Label's DICOMweb datastore made to work with 2D images and
-        without dcmqi (which MONAI Label would download from GitHub at start-up): lib/dicomweb.py."""
-        from lib.dicomweb import make_dicomweb_datastore
+        without dcmqi (which MONAI Label would download from GitHub at start-up): lib/server/dicomweb.py."""
+        from lib.server.dicomweb import make_dicomweb_datastore
 
         logger.info(f"radvlsm: DICOMweb datastore {self.studies}")
         return make_dicomweb_datastore(self.studies)
@@ -101,11 +101,11 @@ class RadVLSMApp(MONAILabelApp):
         return meta
 
     def on_init_complete(self):
-        """``/docs`` and ``/openapi.json`` describe each task's parameters and result JSON (lib/openapi.py)."""
+        """``/docs`` and ``/openapi.json`` describe each task's parameters and result JSON (lib/server/openapi.py)."""
         super().on_init_complete()
         server = sys.modules.get("monailabel.app")  # only inside `monailabel start_server`
         if server is not None:
-            from lib.openapi import install_openapi
+            from lib.server.openapi import install_openapi
 
             install_openapi(server.app, self)
 

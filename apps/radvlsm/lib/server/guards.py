@@ -1,26 +1,60 @@
 """Request guards on MONAI Label's FastAPI app: bad input is a 4xx naming the field, before anything is written.
 
-MONAI Label 0.8.5 answers several bad requests with a 500 (unknown train model / strategy / scoring method, a
-``params`` form field that is not JSON, a missing image in ``PUT /datastore/label``) or accepts them (image ids and
-label tags with ``../`` are joined into paths). The app installs, when it runs inside the server:
+Installed by :func:`install` from ``RadVLSMApp.__init__`` when the app runs inside ``monailabel start_server``
+(site-packages untouched). Each item says what upstream does and what replaces it here.
 
-* :class:`RequestGuard`, an ASGI middleware that checks, before the body is read: the request size (413 over
-  ``--conf max_upload_mb``), the ids in the query (``image``, ``id``, ``label``, ``session_id``: names, not paths),
-  the label ``tag``, and the task named in the path (``/infer/<model>``, ``/train/<model>``,
-  ``/batch/infer/<model>``, ``/activelearning/<strategy>``, ``/scoring/<method>``: 404 if unknown; skipped when
-  authentication is on, so that an unauthenticated caller gets 401 and learns no task names);
-* ``PUT``/``DELETE /model/<name>`` (MONAI Label: replace or remove a model's weight file, annotator role,
-  written in place): 405, the decoder is published only by training (atomic, versioned);
-* exception handlers: radvlsm's :class:`~radvlsm.errors.InputError` -> 422 with its message, a JSON form field
-  that does not parse -> 422, MONAI Label's image/label-not-found -> 404;
-* a check that the JSON form fields of ``/infer`` and ``/datastore`` (``params``, ``info``) are JSON objects: MONAI
-  Label's endpoint functions (looked up by name when a request comes) are wrapped so that ``params=[1]`` or
-  ``params=5`` is a 422 instead of a TypeError (500) inside ``dict.update``;
-* ``POST /train/<model>`` and ``POST /train/``: the train task's ``validate(request, datastore)`` runs first, so a
-  misspelt option, a wrong type or too few final labels is a 422 naming it (MONAI Label 0.8.5 answers 200 and
-  starts a background run that then fails; the task itself runs in a subprocess the endpoint never hears from);
-* with ``MONAI_LABEL_AUTH_ENABLE``, MONAI Label's bearer-token check with the signing algorithms pinned (see
-  :func:`_patch_token_check`: as shipped it refuses every token under PyJWT 2.x).
+Fixes MONAI Label 0.8.5:
+
+* request size: every upload endpoint (``monailabel.endpoints.infer.run_inference``,
+  ``monailabel.endpoints.datastore.add_image`` / ``save_label``, ``monailabel.endpoints.session.create_session``,
+  ``monailabel.endpoints.model.update_model``) copies the whole body to a temp file with ``shutil.copyfileobj``,
+  with no limit. :class:`RequestGuard` answers 413 from ``Content-Length`` over ``--conf max_upload_mb`` before the
+  body is read, and :func:`install` sets FastAPI's ``max_body_size`` for chunked bodies;
+* ids in the query (``image``, ``id``, ``label``, ``session_id``) and the label ``tag`` are joined into paths as
+  given by ``monailabel.datastore.local.LocalDatastore`` (``get_image_uri``, ``get_label_uri``, ``save_label``,
+  ...) and ``monailabel.utils.sessions.Sessions.get_session``, so ``../`` reads or writes outside the studies
+  folder. :class:`RequestGuard`: 422 unless each is a name (:func:`radvlsm.params.check_id` / ``check_tag``);
+* an unknown task in the path: ``MONAILabelApp.infer`` / ``scoring`` raise ``MONAILabelException(INVALID_INPUT)``,
+  ``MONAILabelApp.next_sample`` raises ``MONAILabelException(APP_INIT_ERROR)`` (no handler: 500), and
+  ``monailabel.endpoints.train.run_model`` / ``monailabel.endpoints.batch_infer.run`` answer 200 and start an
+  ``AsyncTask`` subprocess that then fails. :class:`RequestGuard`: 404 naming the task and listing those served,
+  for ``/infer/<model>``, ``/infer/wsi/<model>``, ``/train/<model>``, ``/batch/infer/<model>``,
+  ``/activelearning/<strategy>``, ``/scoring/<method>`` (skipped with authentication on, so that an
+  unauthenticated caller gets 401 and learns no task names);
+* ``output=dicom_seg`` with a local studies folder: ``monailabel.endpoints.infer.run_inference`` runs the whole
+  inference, then ``send_response`` answers 500 ("Error processing inference"). :class:`RequestGuard`: 422 first;
+* ``PUT /model/<name>`` (``monailabel.endpoints.model.update_model``) overwrites the task's weight file in place
+  with ``shutil.copy``, and ``DELETE /model/<name>`` (``delete_model``) moves it away; both need only the annotator
+  role (``api_update_model`` / ``api_delete_model`` depend on ``MONAI_LABEL_AUTH_ROLE_ANNOTATOR`` although their
+  summaries say admin). :class:`RequestGuard`: 405; the decoder is published only by training (atomic, versioned);
+* exceptions no upstream handler maps (each a 500): ``MONAILabelException`` (e.g. a train option refused under
+  ``run_sync``) -> 422 when ``INVALID_INPUT``; ``ImageNotFoundException`` / ``LabelNotFoundException`` (raised by
+  ``LocalDatastore.remove_image`` / ``update_image_info`` / ``update_label_info`` / ``save_label``) -> 404;
+  ``json.JSONDecodeError`` from ``json.loads(params)`` / ``json.loads(info)`` in the endpoint functions -> 422;
+  ``shutil.ReadError`` from ``Sessions.add_session`` (``PUT /session/?uncompress=true`` with a non-archive) -> 422;
+  radvlsm's own :class:`~radvlsm.errors.InputError` -> 422 with its message;
+* a JSON form field that parses to something other than an object: ``run_inference`` does
+  ``request.update(json.loads(params))`` and ``monailabel.endpoints.datastore.add_image`` / ``save_label`` /
+  ``update_image_info`` / ``update_label_info`` do ``dict.update`` or item assignment on it, so ``params=[1]`` or
+  ``params=5`` is a TypeError (500). :func:`_wrap_endpoints` wraps those functions (the ``api_*`` routes look them up
+  by name at call time): 422. The same wrapper makes ``run_inference`` with no image, file or session a 422
+  (upstream: ``HTTPException(500)``);
+* ``POST /train/<model>`` and ``POST /train/``: ``monailabel.endpoints.train.run_model`` / ``run`` answer 200 and
+  start a background run that fails on a misspelt option, a wrong type or too few final labels (the task runs in a
+  subprocess the endpoint never hears from). :func:`_wrap_train_endpoints` runs the train task's
+  ``validate(request, datastore)`` first: 422 naming the option;
+* with ``MONAI_LABEL_AUTH_ENABLE``, ``monailabel.endpoints.user.auth.from_token`` calls ``jwt.decode(token, key,
+  options=...)`` with no ``algorithms``, which PyJWT 2.x refuses for every token, so nobody gets in.
+  :func:`_patch_token_check` replaces it: same check with the algorithms pinned (``--conf auth_algorithms``),
+  ``exp`` required, and an unreachable realm a 503 instead of a 500.
+
+Drop when: each item can go on its own once upstream does the same. Check against ``tests/test_server_bad_input.py``
+and ``tests/test_server_auth.py`` with the guard disabled: upstream returns 413 for an oversized body; 4xx for ids
+and tags holding ``/`` or ``..``; 404 for an unknown model / strategy / method without starting a train subprocess;
+a 4xx for ``output=dicom_seg`` on a local datastore before inferring; no in-place weight overwrite over REST (or a
+role check you accept); 4xx for ``MONAILabelException(INVALID_INPUT)``, not-found, bad JSON, non-object JSON and
+non-archive uploads; validates train requests synchronously; and ``from_token`` passes ``algorithms`` to
+``jwt.decode``. When all do, delete this module and the ``install`` call in ``main.py``.
 """
 
 from __future__ import annotations
@@ -66,7 +100,9 @@ def _detail(status: int, message: str) -> JSONResponse:
 
 
 class RequestGuard:
-    """Pure ASGI middleware (no body buffering): refuses a bad request before the endpoint runs."""
+    """Pure ASGI middleware (no body buffering) in front of all of MONAI Label's routers (``monailabel.app.app``):
+    refuses a bad request before the endpoint runs (size, ids and tag, unknown task, ``dicom_seg`` on a local
+    folder, ``PUT``/``DELETE /model``; see the module doc)."""
 
     def __init__(self, app, radvlsm_app: Any, max_upload_bytes: int | None):
         self.app = app
@@ -156,7 +192,10 @@ async def _not_found(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _json_object_field(fn, field: str):
-    """Wrap a MONAI Label endpoint function so that its JSON form ``field`` must parse to a JSON object."""
+    """Wrap a MONAI Label endpoint function (``monailabel.endpoints.infer.run_inference``,
+    ``monailabel.endpoints.datastore.add_image`` / ``save_label`` / ``update_image_info`` / ``update_label_info``)
+    so that its JSON form ``field`` must parse to a JSON object, and ``run_inference`` needs an image, a file or a
+    session (422 instead of upstream's 500s)."""
     sig = inspect.signature(fn)
 
     @functools.wraps(fn)
@@ -181,6 +220,8 @@ def _json_object_field(fn, field: str):
 
 
 def _wrap_endpoints() -> None:
+    """Replace the endpoint functions named below in their ``monailabel.endpoints`` modules with
+    :func:`_json_object_field` wrappers (once: a wrapped function is marked ``radvlsm_guard``)."""
     from monailabel.endpoints import datastore as ep_datastore
     from monailabel.endpoints import infer as ep_infer
 
@@ -197,7 +238,7 @@ def _wrap_endpoints() -> None:
 
 
 def _validated_train(fn, radvlsm_app: Any):
-    """Wrap MONAI Label's ``run_model`` / ``run`` (``monailabel.endpoints.train``) so that every train task with a
+    """Wrap MONAI Label 0.8.5's ``monailabel.endpoints.train.run_model`` / ``run`` so that every train task with a
     ``validate`` method checks its request before the background run starts. To drop with an upstream that
     validates train requests synchronously."""
     sig = inspect.signature(fn)
@@ -229,6 +270,8 @@ def _validated_train(fn, radvlsm_app: Any):
 
 
 def _wrap_train_endpoints(radvlsm_app: Any) -> None:
+    """Replace ``monailabel.endpoints.train.run_model`` and ``run`` with :func:`_validated_train` wrappers (of the
+    original, so a second install does not wrap twice)."""
     from monailabel.endpoints import train as ep_train
 
     for name in ("run_model", "run"):
@@ -238,10 +281,11 @@ def _wrap_train_endpoints(radvlsm_app: Any) -> None:
 
 
 def _patch_token_check(algorithms: list[str]) -> None:
-    """MONAI Label 0.8.5 decodes the bearer token with ``jwt.decode(token, key, options=...)`` and no
-    ``algorithms``; PyJWT 2.x then refuses every token ("It is required that you pass in a value for the
-    algorithms argument"), so with ``MONAI_LABEL_AUTH_ENABLE`` nobody gets in. Same check, with the algorithms
-    pinned (Keycloak signs with RS256), ``exp`` required, and an unreachable realm a 503 instead of a 500."""
+    """Replaces ``monailabel.endpoints.user.auth.from_token``. MONAI Label 0.8.5 decodes the bearer token with
+    ``jwt.decode(token, key, options=...)`` and no ``algorithms``; PyJWT 2.x then refuses every token ("It is
+    required that you pass in a value for the algorithms argument"), so with ``MONAI_LABEL_AUTH_ENABLE`` nobody gets
+    in. Same check, with the algorithms pinned (Keycloak signs with RS256), ``exp`` required, and an unreachable
+    realm a 503 instead of a 500. Drop when upstream's ``from_token`` passes ``algorithms`` to ``jwt.decode``."""
     import jwt
     import requests
     from monailabel.config import settings

@@ -1,18 +1,35 @@
 """MONAI Label's LocalDatastore with checked ids and tags, validated uploads and atomic writes.
 
-MONAI Label 0.8.5's ``LocalDatastore`` joins the request's image id and label tag into paths as given (an id or tag
-with ``../`` writes outside the studies folder), copies uploads in place with ``shutil.copy`` and rewrites
-``datastore_v2.json`` in place: a server killed mid-write leaves a truncated label or datastore file. Here:
+:class:`SafeLocalDatastore` is what ``RadVLSMApp.init_datastore`` returns for every local studies folder (a
+subclass of ``monailabel.datastore.local.LocalDatastore``; site-packages untouched).
 
-* ids and tags are names, never paths (:func:`radvlsm.params.check_id` / ``check_tag``): 422 otherwise;
-* an uploaded image must load as a 2D image under the pixel limit, an uploaded label must load and have the image's
-  size (422 naming the field otherwise), before anything is written;
-* every file (image, label, ``datastore_v2.json``) is written to a hidden temp file in the same folder, flushed and
-  renamed over the target, so a reader (or a restart) sees the old file or the new one, never half of one;
-* at start-up, a ``datastore_v2.json`` that does not parse (e.g. left half-written by a stock MONAI Label server
-  that was killed) is moved aside as ``datastore_v2.json.corrupt-<time>`` with a loud error, and the datastore is
-  rebuilt from the image and label files on disk (MONAI Label itself would refuse to start); temp files left by a
-  killed write (``.*.partial``, older than a minute) are removed.
+Fixes MONAI Label 0.8.5:
+
+* ``LocalDatastore.add_image`` / ``save_label`` join the request's image id and label tag into paths as given
+  (``_filename(image_id, ext)``, ``label_path(tag)``): an id or tag with ``../`` writes outside the studies folder.
+  Here ids and tags are names, never paths (:func:`radvlsm.params.check_id` / ``check_tag``): 422 otherwise
+  (``update_label_info`` gets the same checks, for the same message);
+* ``LocalDatastore.add_image`` / ``save_label`` copy the upload over the target in place with ``shutil.copy``, and
+  ``LocalDatastore._update_datastore_file`` rewrites ``datastore_v2.json`` in place (``open(path, "w")``): a server
+  killed mid-write leaves a truncated image, label or datastore file. Here every file is written to a hidden
+  ``.<name>.<pid>.<random>.partial`` file in the same folder, fsynced and renamed over the target
+  (:func:`radvlsm.io.atomic_copy` / ``atomic_write_text``), so a reader (or a restart) sees the old file or the new
+  one, never half of one;
+* ``LocalDatastore.__init__`` loads ``datastore_v2.json`` with ``_init_from_datastore_file(throw_exception=True)``:
+  one that does not parse (e.g. left half-written by the previous point) stops the server from starting. Here, at
+  start-up, it is moved aside as ``datastore_v2.json.corrupt-<time>`` with a loud error and the datastore is rebuilt
+  from the image and label files on disk; temp files left by a killed write (``.*.partial``, older than a minute)
+  are removed;
+* ``LocalDatastore.get_dataset_archive`` has an ``assert`` that some image has a final label (``GET
+  /datastore/dataset``: 500). Here a ``LabelNotFoundException`` (404 through the handler in ``guards.py``).
+
+radvlsm's own checks, not upstream faults: an uploaded image must load as a 2D image under the pixel limit, an
+uploaded label must load and have the image's size (422 naming the field otherwise), before anything is written.
+
+Drop when: upstream's ``LocalDatastore`` refuses ids and tags holding ``/`` or ``..`` with a 4xx, writes images,
+labels and ``datastore_v2.json`` via temp file + rename (``tests/test_faults.py``'s killed-save test passes with the
+plain class), starts on a truncated ``datastore_v2.json``, and ``get_dataset_archive`` returns 4xx with no final
+label. Then keep only ``add_image`` / ``save_label`` overrides that run the 2D checks and call ``super()``.
 """
 
 from __future__ import annotations
@@ -58,13 +75,18 @@ def _remove_stale_partials(root: str, age_s: float = 60.0) -> None:
 
 
 class SafeLocalDatastore(LocalDatastore):
+    """``monailabel.datastore.local.LocalDatastore`` with the fixes of the module doc."""
+
     def __init__(self, datastore_path: str, *args, datastore_config: str = "datastore_v2.json", **kwargs):
+        """Before ``LocalDatastore.__init__`` (which refuses to start on a corrupt ``datastore_v2.json``): set a
+        corrupt one aside and remove stale ``.partial`` files."""
         if os.path.isdir(datastore_path):
             _quarantine_corrupt_config(os.path.join(datastore_path, datastore_config))
             _remove_stale_partials(datastore_path)
         super().__init__(datastore_path, *args, datastore_config=datastore_config, **kwargs)
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        """Replaces ``LocalDatastore.add_image``: checked id, validated image, atomic copy and JSON write."""
         default_id, image_ext = self._to_id(os.path.basename(image_filename))
         image_id = check_id(image_id or default_id, "image")
         try:
@@ -83,6 +105,7 @@ class SafeLocalDatastore(LocalDatastore):
         return image_id
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        """Replaces ``LocalDatastore.save_label``: checked id and tag, validated label, atomic copy and JSON write."""
         check_id(image_id, "image")
         label_tag = check_tag(label_tag or "final", "tag")
         obj = self._datastore.objects.get(image_id)
@@ -110,15 +133,19 @@ class SafeLocalDatastore(LocalDatastore):
         return image_id
 
     def get_dataset_archive(self, limit_cases: int | None) -> str:
+        """Wraps ``LocalDatastore.get_dataset_archive``, which asserts on an empty datalist (500): 404 instead."""
         if not self.datalist():  # MONAI Label asserts here (500)
             raise LabelNotFoundException("dataset: no image has a final label yet; there is nothing to archive")
         return super().get_dataset_archive(limit_cases)
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        """Wraps ``LocalDatastore.update_label_info``: id and tag checked first (422 naming the field)."""
         check_tag(label_tag, "tag")
         super().update_label_info(check_id(label_id, "label"), label_tag, info)
 
     def _update_datastore_file(self, lock: bool = True) -> None:
+        """Replaces ``LocalDatastore._update_datastore_file`` (in-place ``open(path, "w")``): temp file + rename."""
+
         def write() -> None:
             self._ignore_event_config = True
             text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)

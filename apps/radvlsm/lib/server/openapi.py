@@ -1,11 +1,22 @@
 """Per-task documentation in the server's OpenAPI schema (``/docs``, ``/openapi.json``).
 
-MONAI Label 0.8.5 documents ``POST /infer/{model}`` once for every model: ``params`` is a JSON string and the
-result is "{}". Task descriptions and default options are only in ``GET /info``. :func:`install_openapi` rewrites
-that operation in the generated schema: ``model`` lists the tasks served, the description has each task's
-parameters and result fields, and the request body and the JSON response carry one example per task (the result
-examples are real answers of the tasks on ``bus_0075-r``, lists cut to two items: ``openapi_examples.json``;
-``tests/test_server_openapi.py`` checks them against live answers).
+Standard library only (``tests/test_server_openapi.py`` loads this file on its own to read :data:`TASKS`).
+
+Fixes MONAI Label 0.8.5:
+
+* ``monailabel.endpoints.infer`` documents ``POST /infer/{model}`` (``api_run_inference``) once for every model:
+  ``model`` is any string, ``params`` is a JSON string form field with no description, and the router's 200
+  response says ``application/json: {"type": "string", "example": "{}"}``. An app has no hook to describe its
+  tasks there; their descriptions and default options are only in ``GET /info``. :func:`install_openapi` wraps
+  ``FastAPI.openapi`` of ``monailabel.app.app`` so that :func:`document_infer` rewrites that operation in the
+  generated schema: ``model`` is an enum of the tasks served, the description has each task's parameters and
+  result fields (:data:`TASKS`), and the request body and the JSON response carry one example per task (the result
+  examples are real answers of the tasks on ``bus_0075-r``, lists cut to two items: ``openapi_examples.json``
+  beside this file; ``tests/test_server_openapi.py`` checks them against live answers).
+
+Drop when: upstream lets an infer task contribute its own parameter / result schema and examples to ``POST
+/infer/{model}`` (or per-model operations); then move :data:`TASKS` and ``openapi_examples.json`` to the infer tasks
+and delete :func:`install_openapi` and its call in ``RadVLSMApp.on_init_complete``.
 """
 
 from __future__ import annotations
@@ -131,7 +142,8 @@ def _description(names: list[str], descriptions: dict[str, str]) -> str:
 
 
 def document_infer(schema: dict[str, Any], names: list[str], descriptions: dict[str, str]) -> dict[str, Any]:
-    """Rewrite ``POST /infer/{model}`` in an OpenAPI schema (in place; also returned)."""
+    """Rewrite ``POST /infer/{model}`` (as ``monailabel.endpoints.infer`` generates it) in an OpenAPI schema (in
+    place; also returned)."""
     op = schema.get("paths", {}).get("/infer/{model}", {}).get("post")
     if op is None:
         logger.warning("radvlsm: no POST /infer/{model} in the OpenAPI schema; task docs not added")
@@ -162,7 +174,9 @@ def document_infer(schema: dict[str, Any], names: list[str], descriptions: dict[
 
 
 def install_openapi(fastapi_app: Any, app: Any) -> None:
-    """Make ``fastapi_app.openapi()`` (``/openapi.json``, ``/docs``) carry the task docs of the app's tasks."""
+    """Wraps ``fastapi_app.openapi`` (FastAPI's schema builder for MONAI Label's ``monailabel.app.app``) so that
+    ``/openapi.json`` and ``/docs`` carry the task docs of the app's tasks (built once, then cached as FastAPI
+    does)."""
     original = fastapi_app.openapi
 
     def openapi() -> dict[str, Any]:

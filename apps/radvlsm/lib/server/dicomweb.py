@@ -1,22 +1,37 @@
 """MONAI Label's DICOMweb datastore, made to work with 2D images (ultrasound, secondary capture) and no dcmqi.
 
-``--studies http://host/dicom-web`` makes MONAI Label 0.8.5 use ``DICOMWebDatastore``: image ids are
-SeriesInstanceUIDs (from QIDO with ``MONAI_LABEL_DICOMWEB_SEARCH_FILTER``), a series is fetched with WADO into
-the cache and converted to NIfTI by SimpleITK/GDCM (a single 2D instance becomes a one-slice volume), and saving a
-``final`` label converts it to DICOM SEG and stores it with STOW-RS. As shipped, for 2D images that last step fails:
+``--studies http://host/dicom-web`` makes MONAI Label 0.8.5 use ``monailabel.datastore.dicom.DICOMWebDatastore``:
+image ids are SeriesInstanceUIDs (from QIDO with ``MONAI_LABEL_DICOMWEB_SEARCH_FILTER``), a series is fetched with
+WADO into the cache and converted to NIfTI by SimpleITK/GDCM (a single 2D instance becomes a one-slice volume), and
+saving a ``final`` label converts it to DICOM SEG and stores it with STOW-RS. ``RadVLSMApp._init_dicomweb_datastore``
+returns :func:`make_dicomweb_datastore` instead of upstream's (site-packages untouched).
 
-* the conversion calls dcmqi's ``itkimage2segimage``, which MONAI Label downloads from GitHub at start-up (the app
-  fails to start without internet) and which is not on PyPI or Debian;
-* its pydicom-seg fallback needs ``ImagePositionPatient`` on the source instances, which an ultrasound or
-  secondary-capture image usually lacks;
-* a label sent as PNG (what a REST client or radvlsm's own result is) is 2D, and pydicom-seg takes 3D only;
-* ``get_label_uri(image_id, "final")`` (what the diagnosis task asks) downloads the *image* series as if it were a
-  SEG.
+Fixes MONAI Label 0.8.5:
 
-:class:`DICOMWeb2DDatastore` writes the SEG with pydicom-seg (:func:`radvlsm.dicom.label_to_seg`) from any 2D label
-format in the image's own geometry, refuses an empty or mis-sized final label with a 422 before anything is
-stored, and answers a final label by image id from the local cache. :func:`make_dicomweb_datastore` builds it from
-MONAI Label's settings, as ``MONAILabelApp._init_dicomweb_datastore`` does, without the dcmqi download.
+* ``MONAILabelApp._init_dicomweb_datastore`` calls ``_download_dcmqi_tools``, which downloads dcmqi 1.2.4's
+  ``itkimage2segimage`` from GitHub at start-up: without internet the app does not start (dcmqi is not on PyPI or
+  Debian). :func:`make_dicomweb_datastore` builds the same client and datastore from the same
+  ``MONAI_LABEL_DICOMWEB_*`` settings without that download (no Google Cloud session: upstream's
+  ``googleapis.com`` branch is not reproduced);
+* ``DICOMWebDatastore.save_label`` (tag ``final``) calls ``monailabel.datastore.utils.convert.nifti_to_dicom_seg``
+  with ``use_itk=True``, i.e. dcmqi's ``itkimage2segimage`` (see above); its pydicom-seg branch (``use_itk=False``)
+  needs ``ImagePositionPatient`` on the source instances, which an ultrasound or secondary-capture image usually
+  lacks, and takes a 3D label only, while a label sent as PNG (what a REST client or radvlsm's own result is) is 2D;
+  an empty label makes ``nifti_to_dicom_seg`` return ``""``, which ``dicom_web_upload_dcm`` then fails on (500).
+  :meth:`DICOMWeb2DDatastore.save_label` writes the SEG with pydicom-seg (:func:`radvlsm.dicom.label_to_seg`) from
+  any 2D label format (PNG, NRRD, NIfTI, OHIF's ``.bin``) in the image's own geometry, refuses an empty or
+  mis-sized final label with a 422 before anything is stored, and records the SEG with ``Modality: SEG`` (upstream
+  copies the image's modality);
+* ``DICOMWebDatastore.get_label_uri(image_id, "final")`` (what the diagnosis task asks) treats the id as the SEG's
+  SeriesInstanceUID, so it downloads the *image* series into the label cache and converts it as if it were a SEG.
+  :meth:`DICOMWeb2DDatastore.get_label_uri` answers by image id from the local cache and never fetches an image
+  series as a label.
+
+Drop when: a MONAI Label release starts offline with ``--studies http(s)://...`` (no dcmqi download, or dcmqi
+installable as a package), saves a 2D PNG final label for a single-instance US/SC series with no Image Plane
+module as a SEG (``tests/test_server_dicomweb.py`` against Orthanc), refuses an empty label with a 4xx, and
+``get_label_uri(image_id, "final")`` finds the SEG that references the image series. Then delete this module and
+``RadVLSMApp._init_dicomweb_datastore``.
 """
 
 from __future__ import annotations
@@ -42,13 +57,16 @@ logger = logging.getLogger(__name__)
 
 
 class DICOMWeb2DDatastore(DICOMWebDatastore):
-    """``DICOMWebDatastore`` whose final labels become DICOM SEG for 2D images (see the module doc)."""
+    """``monailabel.datastore.dicom.DICOMWebDatastore`` whose final labels become DICOM SEG for 2D images (see the
+    module doc)."""
 
     def _series_dir(self, image_id: str) -> str:
         return os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any],
                    label_id: str = "") -> str:
+        """Replaces ``DICOMWebDatastore.save_label`` for tag ``final`` (SEG by pydicom-seg, no dcmqi); other tags go
+        to ``LocalDatastore.save_label`` as upstream does."""
         import pydicom
 
         image_uri = self.get_image_uri(image_id)  # fetches and converts the series on first use
@@ -99,8 +117,9 @@ class DICOMWeb2DDatastore(DICOMWebDatastore):
                     os.unlink(path)
 
     def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
-        """By image id (what radvlsm's tasks ask) from the local cache first; MONAI Label's own path (label id =
-        the SEG's SeriesInstanceUID, fetched over WADO) otherwise, never for an image series."""
+        """Wraps ``DICOMWebDatastore.get_label_uri``. By image id (what radvlsm's tasks ask) from the local cache
+        first; MONAI Label's own path (label id = the SEG's SeriesInstanceUID, fetched over WADO) otherwise, never
+        for an image series."""
         local = LocalDatastore.get_label_uri(self, label_id, label_tag)
         if local and os.path.exists(local):
             return local
@@ -110,7 +129,8 @@ class DICOMWeb2DDatastore(DICOMWebDatastore):
 
 
 def make_dicomweb_datastore(studies: str) -> DICOMWeb2DDatastore:
-    """The datastore for ``--studies http(s)://...`` from MONAI Label's ``MONAI_LABEL_DICOMWEB_*`` settings."""
+    """The datastore for ``--studies http(s)://...`` from MONAI Label's ``MONAI_LABEL_DICOMWEB_*`` settings, as
+    ``MONAILabelApp._init_dicomweb_datastore`` builds it, without its ``_download_dcmqi_tools`` call."""
     from dicomweb_client.session_utils import create_session_from_user_pass
     from monailabel.config import settings
     from monailabel.datastore.dicom import DICOMwebClientX
