@@ -55,6 +55,7 @@ from radvlsm.predictor import SegmentPredictor  # noqa: E402
 from radvlsm.proposals import build_proposer  # noqa: E402
 from radvlsm.proposals.site_exemplars import ExemplarAssistedProposer, SiteExemplars  # noqa: E402
 from radvlsm.training import DecoderStore, DecoderWatcher, TrainConfig, TrainSample, fine_tune  # noqa: E402
+from radvlsm.training.pseudo import PseudoLabelStore, make_pseudo_labels  # noqa: E402
 from radvlsm.training.store import ProposerStore  # noqa: E402
 from radvlsm.training.uncertainty import score_image  # noqa: E402
 
@@ -157,6 +158,16 @@ class Curve:
             self.predictor.cache.clear()
         return sorted(free, key=lambda c: (-scores[c], c))[:k]
 
+    def pseudo_labels(self, cfg: TrainConfig) -> list[TrainSample]:
+        """VESSA stage 2 (train option ``pseudo_labels``): what the server's train task makes of the unlabelled
+        pool before training, with the text path then served."""
+        if not cfg.pseudo_labels:
+            return []
+        free = [(c, self.pool[c][0]) for c in sorted(set(self.pool) - set(self.state["labelled"]))]
+        text_path = RadVLSMPipeline(self.predictor, self.proposer, None)
+        return make_pseudo_labels(text_path, free, len(self.state["labelled"]), PseudoLabelStore(self.work / "pseudo"),
+                                  "lesion", cfg.pseudo_min_agreement, cfg.pseudo_max_images)
+
     def run(self, steps: list[int]) -> None:
         if not self.state["rounds"]:
             t = time.time()
@@ -175,8 +186,9 @@ class Curve:
             samples = [TrainSample(c, self.pool[c][0], self.pool[c][1]) for c in self.state["labelled"]]
             cfg = TrainConfig.from_request(self.state["options"])
             t = time.time()
+            pseudo = self.pseudo_labels(cfg)
             res = fine_tune(self.predictor, samples, self.decoders, cfg, proposer=self.proposer,
-                            proposer_store=self.proposers, text="lesion")
+                            proposer_store=self.proposers, text="lesion", pseudo=pseudo)
             train_s = time.time() - t
             t = time.time()
             row = {"labels": len(self.state["labelled"]),
@@ -191,7 +203,13 @@ class Curve:
                                     "reliability": rel.to_json() if rel else None}
             if res.proposer is not None:
                 p = res.proposer
-                row["proposer"] = {k: p[k] for k in ("published", "version", "match_threshold", "gate", "seconds")}
+                row["proposer"] = {k: p[k] for k in ("published", "version", "match_threshold", "gate", "seconds",
+                                                      "pseudo_labels")}
+                if cfg.pseudo_labels:
+                    truth = {c: load_mask(self.pool[c][1]) > 0 for c in (s.image_id for s in pseudo)}
+                    row["pseudo"] = {"kept": len(pseudo), "on_lesion_images": int(sum(m.any() for m in truth.values())),
+                                     "dice": [round(dice(load_mask(s.mask_path) > 0, truth[s.image_id]), 4)
+                                              for s in pseudo]}
             self.state["rounds"].append(row)
             self.save()
             print(f"  {self.work.name} {step} labels: {row}", file=sys.stderr, flush=True)

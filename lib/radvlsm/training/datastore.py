@@ -59,6 +59,24 @@ def proposer_store(trained_dir: str | Path, backbone: str) -> ProposerStore:
     return ProposerStore(Path(trained_dir) / backbone / "qformer_lite")
 
 
+def pseudo_store(trained_dir: str | Path, backbone: str):
+    """The last run's pseudo-labels of unlabelled images: ``<trained_dir>/<backbone>/pseudo_labels`` (made by that
+    backbone's served stack; apart from the datastore's labels, never over a clinician's)."""
+    from radvlsm.training.pseudo import PseudoLabelStore
+
+    return PseudoLabelStore(Path(trained_dir) / backbone / "pseudo_labels")
+
+
+def unlabelled_images(datastore) -> list[tuple[str, str]]:
+    """``(image id, image path)`` of every image with no final label."""
+    out = []
+    for image_id in sorted(datastore.get_unlabeled_images()):
+        uri = datastore.get_image_uri(image_id)
+        if uri:
+            out.append((image_id, uri))
+    return out
+
+
 def head_store(trained_dir: str | Path, backbone: str):
     """Site-recalibrated diagnosis heads: ``<trained_dir>/<backbone>/diagnosis_head`` (its visual branch reads
     that backbone's embedding)."""

@@ -59,6 +59,13 @@ class TrainConfig:
     tolerance: float = 0.0
     seed: int = 0
     max_lesions: int = 3
+    #: VESSA stage 2 (radvlsm.training.pseudo): the served text path's confident answers on the site's unlabelled
+    #: images also train the proposer (never validation, never the decoder); off by default (see the README)
+    pseudo_labels: bool = False
+    #: a pseudo-label's top lesion needs at least this mask agreement
+    pseudo_min_agreement: float = 0.95
+    #: unlabelled images the text path runs on per run (0: all; about a second each on a 2-core CPU)
+    pseudo_max_images: int = 0
 
     @classmethod
     def from_request(cls, request: dict[str, Any]) -> TrainConfig:
@@ -81,6 +88,8 @@ class TrainConfig:
             setattr(cfg, name, value)
         if cfg.batch_size < 1:
             raise ValueError("batch_size: must be at least 1")
+        if not 0.0 <= cfg.pseudo_min_agreement <= 1.0:
+            raise ValueError(f"pseudo_min_agreement: must be between 0 and 1, got {cfg.pseudo_min_agreement!r}")
         cfg.proposer_config()  # checks its fields
         return cfg
 

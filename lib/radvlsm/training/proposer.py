@@ -94,6 +94,7 @@ class ProposerRun:
     hit_after: float
     images: int = 0
     lesion_free: int = 0
+    pseudo_labels: int = 0  # extra lesion images that only trained (never scored)
     lesion_free_refused_before: float | None = None  # share of lesion-free images given no lesion (served)
     lesion_free_refused_after: float | None = None  # the same, out of fold, at the calibrated threshold
     gate: dict[str, Any] = field(default_factory=dict)  # GateResult of the per-image score
@@ -255,10 +256,14 @@ def _iou_stats(outcomes: list[Outcome], threshold: float) -> tuple[float, float]
 
 
 def fine_tune_proposer(proposer, items: list[Item], store: ProposerStore, cfg: ProposerConfig | None = None,
-                       text: str = "lesion") -> ProposerRun:
+                       text: str = "lesion", extra: list[Item] | None = None) -> ProposerRun:
     """Teach a copy of the served proposer the site's labelled ``items`` (lesion-free ones included); publish into
-    ``store`` if out-of-fold it beats the served proposer with confidence (module docstring)."""
+    ``store`` if out-of-fold it beats the served proposer with confidence (module docstring).
+
+    ``extra``: lesion images that only train, in every fold and in the published model, and are never scored
+    (pseudo-labels, :mod:`radvlsm.training.pseudo`): the gate stays the clinicians' labels'."""
     cfg = cfg or ProposerConfig()
+    extra = [it for it in extra or [] if it.lesions]
     started = time.time()
     base_version = proposer.version
     served_thr = proposer.threshold
@@ -266,7 +271,7 @@ def fine_tune_proposer(proposer, items: list[Item], store: ProposerStore, cfg: P
     iou_b, hit_b = _iou_stats(before, served_thr)
     n_neg = sum(not it.lesions for it in items)
     run = ProposerRun(False, base_version, base_version, iou_b, float("nan"), hit_b, float("nan"),
-                      images=len(items), lesion_free=n_neg)
+                      images=len(items), lesion_free=n_neg, pseudo_labels=len(extra))
     n_pos = len(items) - n_neg
     if cfg.epochs == 0 or n_pos == 0 or len(items) < 2:
         run.iou_after, run.hit_after = iou_b, hit_b
@@ -274,12 +279,14 @@ def fine_tune_proposer(proposer, items: list[Item], store: ProposerStore, cfg: P
         return _done(run, started)
     learn_match = n_neg >= MIN_NEGATIVES
     feats = proposer.text_encoder.encode(text)
-    data = SiteData(proposer.model, items, feats.tokens, feats.mask, proposer.predictor.backbone.img_size, cfg.scope)
+    data = SiteData(proposer.model, items + extra, feats.tokens, feats.mask, proposer.predictor.backbone.img_size,
+                    cfg.scope)
+    always = list(range(len(items), len(items) + len(extra)))  # the extra items train in every fold
     index = {it.image_id: i for i, it in enumerate(items)}
     oof: list[Outcome | None] = [None] * len(items)
     for fold in folds(list(index), cfg.folds):
         held = {index[i] for i in fold}
-        rest = [i for i in range(len(items)) if i not in held]
+        rest = [i for i in range(len(items)) if i not in held] + always
         if not any(data.match[i] for i in rest):  # nothing to learn where the lesion is: keep the served answer
             for i in held:
                 oof[i] = before[i]
@@ -304,12 +311,12 @@ def fine_tune_proposer(proposer, items: list[Item], store: ProposerStore, cfg: P
     if not passed:
         run.reason = f"proposer not published: out-of-fold top-1 IoU {gate.describe()}, not better with confidence"
         return _done(run, started)
-    model, run.losses = train_copy(proposer.model, data, list(range(len(items))), cfg, learn_match)
+    model, run.losses = train_copy(proposer.model, data, list(range(len(items))) + always, cfg, learn_match)
     calibration = {"calibration.match_threshold": torch.tensor(float(threshold)),
                    "calibration.heat_threshold": torch.tensor(float(proposer.heat_threshold))}
     state = {**{f"qformer.{k}": v for k, v in model.state_dict().items()}, **calibration}
     meta = {"base_version": base_version, "text": text, "config": asdict(cfg), "images": len(items),
-            "lesion_free": n_neg, "match_threshold": threshold,
+            "lesion_free": n_neg, "pseudo_labels": [it.image_id for it in extra], "match_threshold": threshold,
             "lesion_free_refused": [run.lesion_free_refused_before, run.lesion_free_refused_after],
             "gate": run.gate, "iou_before": iou_b,
             "iou_after": run.iou_after, "hit_before": hit_b, "hit_after": run.hit_after, "losses": run.losses}

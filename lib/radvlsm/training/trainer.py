@@ -6,7 +6,9 @@ written to the served pointer unless the new decoder's mean validation Dice is a
 ``tolerance``; an exception or a kill before that leaves the served model as it was. The ``qformer_lite`` proposer
 (``train_proposer``, on by default) is then taught the site from every labelled image, lesion-free ones included,
 and published into its own store only if its cross-validated per-image score beats the served proposer's with
-confidence (:mod:`radvlsm.training.proposer`, :mod:`radvlsm.training.gate`).
+confidence (:mod:`radvlsm.training.proposer`, :mod:`radvlsm.training.gate`). Pseudo-labels of the site's
+unlabelled images (``pseudo``, made by :mod:`radvlsm.training.pseudo`) join the proposer's training only: never
+its gate, the decoder's training or any validation.
 """
 
 from __future__ import annotations
@@ -75,12 +77,14 @@ class StatsWriter:
 
 def fine_tune(predictor, samples: list[TrainSample], store: DecoderStore, cfg: TrainConfig | None = None,
               progress: Callable[[EpochLog], None] | None = None, should_stop: Callable[[], bool] | None = None,
-              proposer=None, proposer_store: ProposerStore | None = None, text: str = DEFAULT_PHRASE) -> RunResult:
+              proposer=None, proposer_store: ProposerStore | None = None, text: str = DEFAULT_PHRASE,
+              pseudo: list[TrainSample] | None = None) -> RunResult:
     """Train on ``samples`` (corrected labels) and publish into ``store`` if validation is not worse.
 
     With ``proposer`` (a ``qformer_lite`` proposer) and ``proposer_store``, and ``cfg.train_proposer``, its heads
     are fine-tuned on the same split for the phrase ``text`` and published into ``proposer_store`` by their own
-    gate. Under ``torch.distributed`` every rank calls this with the same samples; rank 0 validates, publishes
+    gate. ``pseudo``: pseudo-labels of unlabelled images (:mod:`radvlsm.training.pseudo`), which only train the
+    proposer. Under ``torch.distributed`` every rank calls this with the same samples; rank 0 validates, publishes
     and writes stats (and trains the proposer, which is cheap), the others only train their decoder shard."""
     cfg = cfg or TrainConfig()
     distributed = dist.is_available() and dist.is_initialized()
@@ -89,12 +93,12 @@ def fine_tune(predictor, samples: list[TrainSample], store: DecoderStore, cfg: T
         rank = dist.get_rank() if distributed else 0
         target = (proposer, proposer_store) if cfg.train_proposer and proposer_store is not None and hasattr(
             proposer, "with_model") else None
-        return _run(predictor, samples, store, cfg, rank, progress, should_stop, target, text)
+        return _run(predictor, samples, store, cfg, rank, progress, should_stop, target, text, pseudo or [])
 
 
 def _run(predictor, samples: list[TrainSample], store: DecoderStore, cfg: TrainConfig, rank: int,
          progress: Callable[[EpochLog], None] | None, should_stop: Callable[[], bool] | None,
-         proposer_target: tuple[Any, ProposerStore] | None, text: str) -> RunResult:
+         proposer_target: tuple[Any, ProposerStore] | None, text: str, pseudo: list[TrainSample]) -> RunResult:
     started = time.time()
     stats = StatsWriter(store, rank == 0)
     train_ids, val_ids = split([s.image_id for s in samples])
@@ -127,7 +131,10 @@ def _run(predictor, samples: list[TrainSample], store: DecoderStore, cfg: TrainC
             stats.update(stage="proposer")
             proposer, proposer_store = proposer_target
             # every labelled image: the proposer's gate is cross-validated (radvlsm.training.proposer)
-            run = fine_tune_proposer(proposer, train_all + val_all, proposer_store, cfg.proposer_config(), text)
+            labelled = set(by_id)  # a clinician's label always wins over a pseudo-label of the same image
+            extra = prepare([p for p in pseudo if p.image_id not in labelled], predictor, 1)
+            run = fine_tune_proposer(proposer, train_all + val_all, proposer_store, cfg.proposer_config(), text,
+                                     extra=extra)
             result.proposer = run.to_json()
             result.reason += f"; {run.reason}"
         result.seconds = round(time.time() - started, 2)

@@ -76,11 +76,12 @@ class RadVLSMConfig(TaskConfig):
     def trainer(self):
         """``/train/radvlsm``: fine-tunes the shared predictor's decoder (the ``sam`` task serves it too)."""
         from lib.trainers.radvlsm import RadVLSMTrain
-        from radvlsm.training.datastore import decoder_store, proposer_store
+        from radvlsm.training.datastore import decoder_store, proposer_store, pseudo_store
 
         predictor, trained = self.pipeline.predictor, self.conf["trained_dir"]
         return RadVLSMTrain(predictor, decoder_store(trained, predictor.backbone.name), text_proposer(self.pipeline),
-                            proposer_store(trained, predictor.backbone.name), self.conf.get("text", "lesion"))
+                            proposer_store(trained, predictor.backbone.name), self.conf.get("text", "lesion"),
+                            pseudo_store(trained, predictor.backbone.name))
 
     def on_datastore(self, datastore) -> None:
         if isinstance(self.pipeline.proposer, ExemplarAssistedProposer):

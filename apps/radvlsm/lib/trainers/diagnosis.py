@@ -39,7 +39,7 @@ class DiagnosisTrain(TrainTask):
 
     def validate(self, request: dict[str, Any], datastore=None, strict: bool = True) -> tuple[float, float, int | None]:
         """``(strength, tolerance, max_images)``, or an :class:`~radvlsm.errors.InputError` naming the bad option;
-        the app calls it before MONAI Label starts the run in the background (``lib/guards.py``)."""
+        the app calls it before MONAI Label starts the run in the background (``lib/server/guards.py``)."""
         if strict:  # the run itself is not: MONAI Label's POST /train/ merges every task's options into each
             check_known(request, self.config(), "train option", ignore=("model", "bundle_path"))
         return (get_float(request, "strength", 5.0, 1e-6, 1e6), get_float(request, "tolerance", 0.0, 0.0, 10.0),

@@ -19,10 +19,12 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from radvlsm.errors import InputError
 from radvlsm.params import check_known, get_bool, get_int
+from radvlsm.pipeline import RadVLSMPipeline
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.training import DecoderStore, TrainConfig, TrainingBusy, fine_tune
 from radvlsm.training.data import MIN_LABELLED
-from radvlsm.training.datastore import samples_from_datastore
+from radvlsm.training.datastore import samples_from_datastore, unlabelled_images
+from radvlsm.training.pseudo import PseudoLabelStore, make_pseudo_labels
 from radvlsm.training.store import ProposerStore
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,8 @@ DESCRIPTION = ("Teach the app the site from its final (corrected) labels, lesion
                "cross-validated per-image score better with confidence). Options: epochs, lr, batch_size, "
                "box_jitter, clicks, train_decoder, train_prompt_encoder, train_proposer, proposer_epochs, "
                "proposer_lr, proposer_scope, proposer_folds, gate_confidence, encoder_lora_rank, encoder_lora_lr, "
-               "tolerance, seed, max_images, multi_gpu.")
+               "tolerance, seed, max_images, multi_gpu, pseudo_labels (VESSA stage 2: confident answers on unlabelled "
+               "images also train the proposer; off by default), pseudo_min_agreement, pseudo_max_images.")
 
 
 def _alive(pid: Any) -> bool:
@@ -48,13 +51,15 @@ def _alive(pid: Any) -> bool:
 
 class RadVLSMTrain(TrainTask):
     def __init__(self, predictor: SegmentPredictor, store: DecoderStore, proposer=None,
-                 proposer_store: ProposerStore | None = None, text: str = "lesion"):
+                 proposer_store: ProposerStore | None = None, text: str = "lesion",
+                 pseudo_store: PseudoLabelStore | None = None):
         super().__init__(DESCRIPTION)
         self.predictor = predictor
         self.store = store
         self.proposer = proposer
         self.proposer_store = proposer_store
         self.text = text
+        self.pseudo_store = pseudo_store
 
     def config(self) -> dict[str, Any]:
         return {**asdict(TrainConfig()), "max_images": 0, "multi_gpu": False}
@@ -72,7 +77,7 @@ class RadVLSMTrain(TrainTask):
     def validate(self, request: dict[str, Any], datastore, strict: bool = True) -> tuple[TrainConfig, list]:
         """The options and the final labels a run would use, or an :class:`InputError` naming what is wrong.
 
-        The app calls it before MONAI Label starts the run in the background (``lib/guards.py``), so a misspelt
+        The app calls it before MONAI Label starts the run in the background (``lib/server/guards.py``), so a misspelt
         option, a wrong type or too few labels is a 422 at once instead of a 200 and a failed run."""
         if strict:  # the run itself is not: MONAI Label's POST /train/ merges every task's options into each
             check_known(request, self.config(), "train option", ignore=SERVER_KEYS)
@@ -91,6 +96,15 @@ class RadVLSMTrain(TrainTask):
                                        f"to validate on); the datastore has {len(samples)}")
         return cfg, samples
 
+    def pseudo_labels(self, cfg: TrainConfig, samples: list, datastore) -> list:
+        """With ``pseudo_labels``: the served text path's confident answers on the unlabelled images, at most one
+        per final label (:mod:`radvlsm.training.pseudo`); they only train the proposer."""
+        if not cfg.pseudo_labels or self.pseudo_store is None or not (cfg.train_proposer and self.proposer_store):
+            return []
+        text_path = RadVLSMPipeline(self.predictor, self.proposer, None)
+        return make_pseudo_labels(text_path, unlabelled_images(datastore), len(samples), self.pseudo_store,
+                                  self.text, cfg.pseudo_min_agreement, cfg.pseudo_max_images)
+
     def __call__(self, request: dict[str, Any], datastore) -> dict[str, Any]:
         try:
             cfg, samples = self.validate(request, datastore, strict=False)
@@ -102,6 +116,7 @@ class RadVLSMTrain(TrainTask):
                 out["proposer_note"] = "the proposer is not fine-tuned under multi_gpu; run once without it"
                 return out
             return fine_tune(self.predictor, samples, self.store, cfg, proposer=self.proposer,
-                             proposer_store=self.proposer_store, text=self.text).to_json()
+                             proposer_store=self.proposer_store, text=self.text,
+                             pseudo=self.pseudo_labels(cfg, samples, datastore)).to_json()
         except (ValueError, TrainingBusy) as exc:
             raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"radvlsm training: {exc}") from exc
