@@ -15,10 +15,13 @@ patients' images after a seeded shuffle; BUS-UCLM's lesion-free images included,
 final labels; :func:`radvlsm.training.fine_tune` runs with ``TrainConfig()`` defaults (what ``POST
 /train/radvlsm`` with no options runs), plus ``--options``, continuing from the versions it published before.
 ``uncertainty`` rescores the unlabelled pool under the served models each round (the product's scoring method);
-``random`` draws uniformly (seeded). With ``--exemplars`` (the server's ``--conf site_exemplars true``; off by
-default there and here), each label joins the site's exemplars when it is saved, before the round's training
-(VESSA stage 1, :mod:`radvlsm.proposals.site_exemplars`); on resume they are re-learned in labelling order, as the
-server re-learns its final labels at start-up.
+``random`` draws uniformly (seeded). With ``--options '{"pseudo_labels": true}'`` (VESSA stage 2, off by
+default) the round first pseudo-labels the rest of the pool as the server's train task does
+(:mod:`radvlsm.training.pseudo`; the row reports their Dice against the reference masks). With ``--exemplars``
+(the server's ``--conf site_exemplars true``; off by default there and here), each label joins the site's
+exemplars when it is saved, before the round's training (VESSA stage 1,
+:mod:`radvlsm.proposals.site_exemplars`); on resume they are re-learned in labelling order, as the server
+re-learns its final labels at start-up.
 
 Measured on the held-back patients through the served stack (encoder runtime ``auto``, the published decoder and
 proposer, :class:`radvlsm.pipeline.RadVLSMPipeline` defaults): text Dice (label > 0 vs the mask) of lesion images
@@ -63,6 +66,7 @@ DISK_CACHE = "~/.cache/radvlsm/embeddings"
 WRONG_PHRASE = "colon polyp"
 #: targets of the site-adaptation issue
 TARGET_DICE, TARGET_GAIN, TARGET_STEP = 0.85, 0.08, 25
+PSEUDO_GAIN, PSEUDO_STEP = 0.02, 10
 Case = tuple[Path, Path, str, bool]  # image, mask, id, has a lesion
 
 
@@ -250,6 +254,19 @@ def report(work: Path) -> None:
             ok = d >= TARGET_DICE or d - zero >= TARGET_GAIN
             print(f"{name}: after {TARGET_STEP} corrections text Dice {d:.4f} ({(d - zero) * 100:+.1f} pt over 0); "
                   f"target >= {TARGET_DICE} or >= +{TARGET_GAIN * 100:.0f} pt: {'met' if ok else 'NOT met'}")
+    for name, st in curves.items():  # pseudo-labels against the same labels without them
+        base = curves.get(name.rsplit("-", 1)[0] + "-default")
+        if not st.get("options", {}).get("pseudo_labels") or base is None:
+            continue
+        phrase = next(k for k in st["rounds"][0] if isinstance(st["rounds"][0][k], dict) and k != "lesion")
+        for p in (phrase, "lesion"):
+            at = {r["labels"]: r[p]["dice"] for r in st["rounds"]}
+            ref = {r["labels"]: r[p]["dice"] for r in base["rounds"]}
+            if PSEUDO_STEP in at and PSEUDO_STEP in ref:
+                gain = at[PSEUDO_STEP] - ref[PSEUDO_STEP]
+                print(f"{name} ('{p}'): at {PSEUDO_STEP} corrections {at[PSEUDO_STEP]:.4f} vs {ref[PSEUDO_STEP]:.4f} "
+                      f"without pseudo-labels ({gain * 100:+.1f} pt); target >= +{PSEUDO_GAIN * 100:.0f} pt: "
+                      f"{'met' if gain >= PSEUDO_GAIN else 'NOT met'}")
     plot(curves, ROOT / "docs" / "site_adaptation.png")
 
 

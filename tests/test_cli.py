@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,30 @@ def test_segment_writes_mask_json_overlay(tmp_path, capsys):
     overlay = np.array(Image.open(tmp_path / f"{case}_overlay.png"))
     assert overlay.shape == mask.shape + (3,)
     assert "lesion 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("follow", ["--trained-dir", "--studies"])
+def test_segment_follows_the_published_decoder(tmp_path, follow):
+    """``--trained-dir DIR`` (or ``--studies DIR``, whose trained dir the app uses) serves the decoder version the
+    radvlsm train task published there, and the JSON says which."""
+    from radvlsm.models import build_backbone
+    from radvlsm.versions import decoder_state, decoder_store, default_trained_dir
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    trained = tmp_path / "trained" if follow == "--trained-dir" else Path(default_trained_dir(str(studies), ""))
+    backbone = build_backbone("litemedsam")
+    state = decoder_state(backbone)
+    key = "mask_decoder.iou_token.weight"
+    state[key] = state[key] + 1e-4  # slightly another decoder: the shipped one is not what is served
+    version = decoder_store(trained, "litemedsam").publish(state, "litemedsam", backbone.version, {"note": "cli"})
+    case = "bus_0584-l"
+    out = tmp_path / "out"
+    assert main(["segment", str(SAMPLES / "images" / f"{case}.png"), "--text", "breast lesion", "--out", str(out),
+                 "--no-diagnose", follow, str(trained if follow == "--trained-dir" else studies)]) == 0
+    result = json.loads((out / f"{case}.json").read_text())
+    assert version == "v0001" and result["decoder_version"] == version
+    assert dice(np.array(Image.open(out / f"{case}_mask.png")) > 0, reference(case)) >= 0.7
 
 
 def test_bad_inputs_exit_non_zero_with_a_message(tmp_path, capsys):

@@ -1,5 +1,6 @@
-"""No import cycles among the registry packages: every ``radvlsm.*`` import, module-level or inside a function (or
-under ``TYPE_CHECKING``), read from the source with :mod:`ast`, so a cycle hidden in a function body counts too.
+"""No import cycles among the registry packages, nor in the whole library, and serving never imports training:
+every ``radvlsm.*`` import, module-level or inside a function (or under ``TYPE_CHECKING``), read from the source
+with :mod:`ast`, so a cycle hidden in a function body counts too.
 
 A registry is a leaf that its builders import; the package ``__init__`` imports the builders to register them.
 The implicit import of a package by its submodules (Python runs ``radvlsm/models/__init__.py`` before
@@ -127,3 +128,26 @@ def test_the_checker_finds_function_level_and_relative_cycles(tmp_path):
                                                   "radvlsm.demo.builder"]
     (pkg / "registry.py").write_text("REGISTRY = {}\n")
     assert import_cycle([pkg], root=tmp_path) is None
+
+
+def test_no_import_cycles_in_the_library():
+    """The whole of ``lib/radvlsm``: one composition root (:mod:`radvlsm.stack`) over layers that never import
+    back (function-level imports count)."""
+    graph = import_graph([LIB / PACKAGE])
+    assert {"radvlsm.versions.store", "radvlsm.diagnosis.recalibrate", "radvlsm.training.datastore"} <= set(graph)
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_serving_never_imports_training():
+    """Only training publishes versions: no module of ``lib/radvlsm`` outside ``training/`` imports
+    ``radvlsm.training`` (module- or function-level); serving reads the versions from :mod:`radvlsm.versions`."""
+    training = f"{PACKAGE}.training"
+    offenders = {}
+    for path in source_files([LIB / PACKAGE]):
+        if (LIB / PACKAGE / "training") in path.parents:
+            continue
+        hits = {m for m in imports_of(path) if m == training or m.startswith(training + ".")}
+        if hits:
+            offenders[module_name(path)] = sorted(hits)
+    assert not offenders, f"serving modules import radvlsm.training: {offenders}"

@@ -22,7 +22,7 @@ from lib.server.datastore import SafeLocalDatastore
 from radvlsm.errors import CheckpointError, InputError
 from radvlsm.io import set_max_pixels
 from radvlsm.params import check_id, get_bool
-from radvlsm.training.datastore import default_trained_dir
+from radvlsm.versions import default_trained_dir
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,16 @@
 """``radvlsm`` command line: the pipeline without a server, for people who want to look at the result.
 
     radvlsm segment IMAGE [IMAGE ...] --text "breast lesion" --out DIR [--no-diagnose] [--box x0 y0 x1 y1] [-v]
+                    [--studies DIR | --trained-dir DIR]
 
 Writes, per image, ``<stem>_mask.png`` (lesion i = i+1), ``<stem>.json`` and ``<stem>_overlay.png`` (lesion
 outline, box and diagnosis), and prints one summary line per image on stdout. Bad input is a message on stderr and
 exit status 2; nothing half-written is left. Nothing else is printed unless ``-v``/``--verbose`` asks for the
 log (radvlsm's INFO and up, other libraries' WARNING and up, on stderr) and the weight-loading progress bars.
+
+With ``--studies``/``--trained-dir`` it serves the versions ``/train/radvlsm`` and ``/train/diagnosis`` published
+(``decoder_version`` and ``proposer_version`` in the JSON say which), as the app does: the stack is the app's
+(:mod:`radvlsm.stack`), with the eager encoder.
 """
 
 from __future__ import annotations
@@ -21,7 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from radvlsm.errors import RadVLSMError
+from radvlsm.stack import Settings, Stack
+from radvlsm.versions.locations import default_trained_dir
 
+#: the MONAI Label app, whose ``model/trained`` holds the versions trained on a remote (DICOMweb) datastore
+APP_DIR = Path(__file__).resolve().parents[2] / "apps" / "radvlsm"
 COLOURS = [(255, 64, 64), (64, 200, 255), (255, 200, 0)]
 
 
@@ -74,23 +83,25 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return _segment(args)
 
 
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The stack the command runs: the eager encoder (no export, no warm-up: one run, a few images) and, with
+    ``--trained-dir`` (or ``--studies``, whose trained dir the app uses: ``<studies>/.radvlsm/trained``), the
+    decoder, proposer and diagnosis head versions published there, as the app serves them."""
+    trained_dir = args.trained_dir or (default_trained_dir(args.studies, str(APP_DIR)) if args.studies else None)
+    return Settings(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device, runtime="eager",
+                    trained_dir=trained_dir, qformer_checkpoint=args.qformer_checkpoint,
+                    diagnosis_dir=args.diagnosis_dir, text=args.text, diagnose=not args.no_diagnose, warm_up=False)
+
+
 def _segment(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from radvlsm.diagnosis import Diagnoser
     from radvlsm.geometry import Prompts, validate_boxes
     from radvlsm.io import atomic_write, load_image, save_mask
-    from radvlsm.models import build_backbone
-    from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline
-    from radvlsm.predictor import SegmentPredictor
-    from radvlsm.proposals import build_proposer
-    from radvlsm.proposals.qformer_lite import DEFAULT_CHECKPOINT
+    from radvlsm.pipeline import PipelineOptions
 
-    predictor = SegmentPredictor(build_backbone(args.backbone, checkpoint=args.checkpoint, device=args.device))
-    proposer = build_proposer("qformer_lite", predictor=predictor, checkpoint=args.qformer_checkpoint)
-    head_dir = Path(args.diagnosis_dir or DEFAULT_CHECKPOINT.parents[1] / "diagnosis")
-    diagnoser = Diagnoser.load(head_dir) if not args.no_diagnose and (head_dir / "head.json").exists() else None
-    pipeline = RadVLSMPipeline(predictor, proposer, diagnoser)
+    stack = Stack(settings_of(args))
+    pipeline = stack.pipeline
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -106,6 +117,7 @@ def _segment(args: argparse.Namespace) -> int:
             print(f"radvlsm: {path}: {exc}", file=sys.stderr)
             failures += 1
             continue
+        res.result.setdefault("decoder_version", pipeline.predictor.decoder_version)  # as the app's tasks say
         stem = Path(path).name.split(".")[0]
         save_mask(res.label, out / f"{stem}_mask.png", like=image)
         atomic_write(out / f"{stem}.json", lambda p, r=res: Path(p).write_text(json.dumps(r.result, indent=2)))
@@ -150,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     seg.add_argument("--qformer-checkpoint", default=None)
     seg.add_argument("--diagnosis-dir", default=None)
     seg.add_argument("--device", default="cpu")
+    seg.add_argument("--studies", default=None, metavar="DIR",
+                     help="the app's studies folder: serve the versions trained on its labels "
+                          "(<DIR>/.radvlsm/trained, as the app does)")
+    seg.add_argument("--trained-dir", default=None, metavar="DIR",
+                     help="serve the decoder, proposer and diagnosis head versions published here "
+                          "(the app's --conf trained_dir; default: from --studies, else the shipped weights)")
     args = ap.parse_args(argv)
     args.verbose = getattr(args, "verbose", False)
     if args.verbose:

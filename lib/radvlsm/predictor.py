@@ -20,6 +20,7 @@ from radvlsm.geometry import Prompts, ResizeLongestSide
 from radvlsm.io import Image2D, atomic_write
 from radvlsm.models.registry import Backbone
 from radvlsm.runtimes import EncoderRuntime, build_runtime
+from radvlsm.versions.watcher import DecoderWatcher
 
 
 @dataclass
@@ -112,8 +113,14 @@ class SegmentPredictor:
         self.disk_cache = Path(disk_cache).expanduser() if disk_cache else None
         self._transform = ResizeLongestSide(backbone.img_size)
         self._lock = threading.Lock()  # torch modules are shared; serialise forward passes
-        # Live decoder updates (radvlsm.training.DecoderWatcher): checked before every decode, one stat() call.
+        # Live decoder updates (radvlsm.versions.DecoderWatcher): checked before every decode, one stat() call.
         self.decoder_watcher = None
+
+    def follow(self, store) -> str:
+        """Serve the decoder versions the radvlsm train task publishes into ``store`` (a DecoderStore), live: its
+        ``current`` is checked before every encode and decode; returns the version served now."""
+        self.decoder_watcher = DecoderWatcher(store, self.backbone, self._lock)
+        return self.decoder_watcher.refresh()
 
     @property
     def device(self) -> torch.device:

@@ -24,6 +24,8 @@ from radvlsm.diagnosis.radiomics import CONFIG_PATH, NotEnoughLesion, check_mask
 from radvlsm.diagnosis.result import Contribution, DiagnosisResult
 from radvlsm.diagnosis.selection import Transform
 from radvlsm.io import Image2D
+from radvlsm.versions.store import SHIPPED
+from radvlsm.versions.watcher import Watcher
 
 if TYPE_CHECKING:
     from radvlsm.predictor import Encoded
@@ -110,14 +112,34 @@ class Head:
     def load(cls, model_dir: str | Path) -> Head:
         path = Path(model_dir)
         path = path / HEAD_FILE if path.is_dir() else path
-        d = json.loads(path.read_text())
+        return cls.from_dict(json.loads(path.read_text()), path)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str | Path = "head") -> Head:
+        """The head of :meth:`to_dict`'s JSON (``source`` names it in the error when it is not one)."""
         if d.get("format") != "radvlsm-diagnosis-head/1":
-            raise ValueError(f"{path}: not a radvlsm diagnosis head")
+            raise ValueError(f"{source}: not a radvlsm diagnosis head")
         r, v = d["radiomics"], d["visual"]
         return cls(Transform.from_dict(r["transform"]), Linear.from_dict(r), np.asarray(v["mean"], float),
                    np.asarray(v["std"], float), Linear.from_dict(v), Linear.from_dict(d["fusion"]),
                    Linear.from_dict(d["radiomics_calibration"]), Linear.from_dict(d["visual_calibration"]),
                    float(d["threshold"]), float(d["radiomics_threshold"]), d.get("meta", {}))
+
+
+class HeadWatcher(Watcher):
+    """Keeps :attr:`head` on a :class:`radvlsm.versions.HeadStore`'s ``current`` version (site-recalibrated heads,
+    ``POST /train/diagnosis``), by the one reload rule the decoder and the proposer follow too."""
+
+    def __init__(self, store: Any, shipped: Head):
+        super().__init__(store)
+        self.shipped = shipped
+        self.head = shipped
+
+    def _read(self, version: str) -> Head:
+        return Head.from_dict(self.store.load(version), self.store.payload(version))
+
+    def _apply(self, version: str, head: Head) -> None:
+        self.head = head
 
 
 class Diagnoser:
@@ -129,14 +151,11 @@ class Diagnoser:
 
     def __init__(self, head: Head, model_dir: str | Path = "", encoder: Callable[[Image2D], Encoded] | None = None,
                  store: Any = None):
-        self.head = head
         self.shipped = head
         self.model_dir = str(model_dir)
         self.encoder = encoder
-        # a HeadStore of site-recalibrated heads (radvlsm.diagnosis.recalibrate): followed live, like the decoder
-        self.store = store
-        self.version = "shipped"
-        self._stamp: Any = None
+        # a HeadStore of site-recalibrated heads (radvlsm.versions): followed live, like the decoder
+        self.watcher = HeadWatcher(store, head) if store is not None else None
         self.views = list(head.meta.get("visual_views", ["full"]))
         want = head.meta.get("radiomics_config_sha")
         if want and want != config_digest():
@@ -148,16 +167,23 @@ class Diagnoser:
              store: Any = None) -> Diagnoser:
         return cls(Head.load(model_dir), model_dir, encoder, store)
 
+    @property
+    def store(self) -> Any:
+        """The :class:`radvlsm.versions.HeadStore` followed, or None (the shipped head only)."""
+        return self.watcher.store if self.watcher is not None else None
+
+    @property
+    def head(self) -> Head:
+        """The served head: the store's current version (as of the last :meth:`refresh`) or the shipped one."""
+        return self.watcher.head if self.watcher is not None else self.shipped
+
+    @property
+    def version(self) -> str:
+        return self.watcher.version if self.watcher is not None else SHIPPED
+
     def refresh(self) -> str:
         """Serve the store's current head if its pointer changed (one ``stat``); returns the served version."""
-        if self.store is None:
-            return self.version
-        stamp = self.store.pointer_stamp()
-        if stamp != self._stamp:
-            version = self.store.current()
-            head = self.shipped if version == "shipped" else self.store.load_head(version)
-            self.head, self.version, self._stamp = head, version, stamp
-        return self.version
+        return self.watcher.refresh() if self.watcher is not None else SHIPPED
 
     def visual_vector(self, image: Image2D, mask: np.ndarray, embedding: Encoded) -> np.ndarray | None:
         """The head's visual input (views concatenated), or None when a view cannot be computed."""

@@ -10,32 +10,17 @@ A new head is published only if its log-loss on the held-back images (the traine
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from radvlsm.diagnosis.head import Diagnoser, Head, Linear, sigmoid
 from radvlsm.diagnosis.radiomics import NotEnoughLesion, check_mask, extract
+from radvlsm.holdout import split
 from radvlsm.io import Image2D
-from radvlsm.training.data import split
-from radvlsm.training.store import SHIPPED, DecoderStore
-
-
-class HeadStore(DecoderStore):
-    """Versioned diagnosis heads (``v0001.head.json`` + ``v0001.json`` metadata, ``current`` pointer), published
-    and restored exactly as the decoder checkpoints are."""
-
-    payload_suffix = ".head.json"
-    kind = "diagnosis head"
-
-    def publish_head(self, head: Head, meta: dict[str, Any]) -> str:
-        return self.publish_payload(lambda tmp: Path(tmp).write_text(json.dumps(head.to_dict(), indent=1)), meta)
-
-    def load_head(self, version: str) -> Head:
-        return Head.load(self.payload(version))
+from radvlsm.versions.store import SHIPPED
+from radvlsm.versions.store import HeadStore as HeadStore  # its home is radvlsm.versions (serving follows it)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from radvlsm.proposals.base import Candidate, Proposal, register_proposer
 from radvlsm.proposals.boxes import heatmap_boxes, nms
 from radvlsm.proposals.qformer_model import QFormerLite, QFormerLiteConfig, valid_grid
 from radvlsm.text import TextEncoder, shared_text_encoder, validate_text
+from radvlsm.versions.watcher import ModuleWatcher
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[3] / "model" / "qformer_lite" / "qformer_lite.pt"
 
@@ -88,8 +89,6 @@ class QFormerLiteProposer:
     def follow(self, store: Any) -> None:
         """Serve the fine-tunes the radvlsm train task publishes into ``store`` (a ProposerStore), live; the
         weights loaded now are what ``restore("shipped")`` returns to."""
-        from radvlsm.training.store import ModuleWatcher
-
         self.watcher = ModuleWatcher(store, {"qformer": self.model, "calibration": self.calibration}, self._lock,
                                      ("proposer_base", self.base_id), optional=("calibration",))
         self.watcher.refresh()

@@ -3,8 +3,8 @@ embeddings, validate on a held-back split, publish atomically only if not worse,
 
 from radvlsm.training.data import TrainSample, split
 from radvlsm.training.loop import TrainConfig
-from radvlsm.training.store import SHIPPED, DecoderStore, DecoderWatcher, TrainingBusy
 from radvlsm.training.trainer import RunResult, fine_tune
+from radvlsm.versions import SHIPPED, DecoderStore, DecoderWatcher, TrainingBusy
 
 __all__ = ["SHIPPED", "DecoderStore", "DecoderWatcher", "RunResult", "TrainConfig", "TrainSample",
            "TrainingBusy", "fine_tune", "split"]

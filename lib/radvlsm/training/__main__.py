@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from radvlsm.training.store import SHIPPED, DecoderStore, ProposerStore
+from radvlsm.versions.store import SHIPPED, DecoderStore, HeadStore, ProposerStore
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,8 +22,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     store = ProposerStore(args.store) if Path(args.store).name == "qformer_lite" else DecoderStore(args.store)
     if Path(args.store).name == "diagnosis_head" or any(Path(args.store).glob("v*.head.json")):
-        from radvlsm.diagnosis.recalibrate import HeadStore
-
         store = HeadStore(args.store)
     if args.action == "restore":
         if not args.version:

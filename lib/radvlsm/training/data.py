@@ -1,14 +1,14 @@
 """Training data: (image, corrected mask) pairs, the held-back split rule, and cached frozen-encoder embeddings.
 
-Split rule (stable as labels accumulate, so an image never moves between train and validation as more are
-saved): an image is held back for validation when ``sha1(image_id) mod 5 == 0`` (~20 %). If that leaves no
-validation image and there are at least two, the image with the smallest hash is held back, so every run is
-validated on at least one image. Fewer than two labelled images cannot be trained (nothing to validate on).
+Split rule (:mod:`radvlsm.holdout`, re-exported here; stable as labels accumulate, so an image never moves between
+train and validation as more are saved): an image is held back for validation when ``sha1(image_id) mod 5 == 0``
+(~20 %). If that leaves no validation image and there are at least two, the image with the smallest hash is held
+back, so every run is validated on at least one image. Fewer than two labelled images cannot be trained (nothing
+to validate on).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from radvlsm.geometry import ResizeLongestSide, mask_to_box
+from radvlsm.holdout import HOLD_OUT_MODULUS as HOLD_OUT_MODULUS
+from radvlsm.holdout import MIN_LABELLED as MIN_LABELLED
+from radvlsm.holdout import id_hash as id_hash
+from radvlsm.holdout import split as split
 from radvlsm.io import load_image, load_mask
 
 logger = logging.getLogger(__name__)
-HOLD_OUT_MODULUS = 5
-#: one image to train on and one to validate on, at the least
-MIN_LABELLED = 2
 #: connected components smaller than this many pixels are not prompted as lesions of their own
 MIN_COMPONENT_PX = 16
 PATHOLOGIES = ("benign", "malignant")
@@ -58,21 +59,6 @@ class Item:
     def decoder_embedding(self) -> torch.Tensor:
         """What the mask decoder reads (the adapted encoder's embedding when one is served)."""
         return self.seg_embedding if self.seg_embedding is not None else self.embedding
-
-
-def id_hash(image_id: str) -> int:
-    return int(hashlib.sha1(image_id.encode()).hexdigest()[:12], 16)
-
-
-def split(ids: list[str]) -> tuple[list[str], list[str]]:
-    """``(train, validation)`` ids by the documented hash rule (see the module docstring)."""
-    ids = sorted(set(ids))
-    if len(ids) < MIN_LABELLED:
-        raise ValueError(f"need at least {MIN_LABELLED} labelled images to train and validate, have {len(ids)}")
-    val = [i for i in ids if id_hash(i) % HOLD_OUT_MODULUS == 0]
-    if not val or len(val) == len(ids):
-        val = [min(ids, key=id_hash)]
-    return [i for i in ids if i not in val], val
 
 
 def lesion_components(mask: np.ndarray) -> list[np.ndarray]:

@@ -1,5 +1,6 @@
 """Training samples from a MONAI Label datastore (any object with its ``Datastore`` methods), and where trained
-checkpoints live.
+checkpoints live (the serving stores' locations are :mod:`radvlsm.versions.locations`, re-exported here; the
+pseudo-labels, training's own, are here).
 
 How a diagnosis label travels: with the corrected mask, as the label's info JSON, e.g.
 ``PUT /datastore/label?image=ID&tag=final`` with form field ``params={"pathology": "malignant"}``; any other value
@@ -9,11 +10,13 @@ How a diagnosis label travels: with the corrected mask, as the label's info JSON
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from radvlsm.training.data import PATHOLOGIES, TrainSample
-from radvlsm.training.store import DecoderStore, ProposerStore
+from radvlsm.versions.locations import decoder_store as decoder_store
+from radvlsm.versions.locations import default_trained_dir as default_trained_dir
+from radvlsm.versions.locations import head_store as head_store
+from radvlsm.versions.locations import proposer_store as proposer_store
 
 logger = logging.getLogger(__name__)
 FINAL = "final"
@@ -40,25 +43,6 @@ def samples_from_datastore(datastore, limit: int | None = None) -> list[TrainSam
     return out[:limit] if limit else out
 
 
-def default_trained_dir(studies: str, app_dir: str) -> str:
-    """Checkpoints learned from a dataset's corrections live with it (``<studies>/.radvlsm/trained``); a remote
-    datastore (a URL) falls back to ``<app_dir>/model/trained``."""
-    if studies and os.path.isdir(studies):
-        return os.path.join(studies, ".radvlsm", "trained")
-    return os.path.join(app_dir, "model", "trained")
-
-
-def decoder_store(trained_dir: str | Path, backbone: str) -> DecoderStore:
-    """One store per backbone: ``<trained_dir>/<backbone>/sam_decoder``."""
-    return DecoderStore(Path(trained_dir) / backbone / "sam_decoder")
-
-
-def proposer_store(trained_dir: str | Path, backbone: str) -> ProposerStore:
-    """Fine-tunes of the qformer_lite proposer: ``<trained_dir>/<backbone>/qformer_lite`` (it reads that
-    backbone's embedding)."""
-    return ProposerStore(Path(trained_dir) / backbone / "qformer_lite")
-
-
 def pseudo_store(trained_dir: str | Path, backbone: str):
     """The last run's pseudo-labels of unlabelled images: ``<trained_dir>/<backbone>/pseudo_labels`` (made by that
     backbone's served stack; apart from the datastore's labels, never over a clinician's)."""
@@ -76,10 +60,3 @@ def unlabelled_images(datastore) -> list[tuple[str, str]]:
             out.append((image_id, uri))
     return out
 
-
-def head_store(trained_dir: str | Path, backbone: str):
-    """Site-recalibrated diagnosis heads: ``<trained_dir>/<backbone>/diagnosis_head`` (its visual branch reads
-    that backbone's embedding)."""
-    from radvlsm.diagnosis.recalibrate import HeadStore
-
-    return HeadStore(Path(trained_dir) / backbone / "diagnosis_head")

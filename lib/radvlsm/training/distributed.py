@@ -22,8 +22,8 @@ from radvlsm.io import load_image
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.training.data import TrainSample
 from radvlsm.training.loop import TrainConfig
-from radvlsm.training.store import DecoderStore, DecoderWatcher
 from radvlsm.training.trainer import fine_tune
+from radvlsm.versions import DecoderStore, DecoderWatcher
 
 logger = logging.getLogger(__name__)
 

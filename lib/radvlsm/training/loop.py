@@ -24,7 +24,7 @@ from torch import nn
 
 from radvlsm.training.data import Item, error_click, jitter_box, model_frame_target
 from radvlsm.training.proposer import ProposerConfig
-from radvlsm.training.store import PARTS
+from radvlsm.versions import PARTS
 
 logger = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ from radvlsm.proposals.boxes import box_iou
 from radvlsm.proposals.qformer_model import QFormerLite, losses, valid_grid
 from radvlsm.training.data import Item, model_frame_target
 from radvlsm.training.gate import folds, paired_bootstrap
-from radvlsm.training.store import ProposerStore
+from radvlsm.versions import ProposerStore
 
 logger = logging.getLogger(__name__)
 SCOPES = ("heads", "qformer")

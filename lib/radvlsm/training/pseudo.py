@@ -38,7 +38,7 @@ import numpy as np
 
 from radvlsm.io import load_image, save_mask
 from radvlsm.training.data import TrainSample, id_hash
-from radvlsm.training.store import atomic_write_json
+from radvlsm.versions import atomic_write_json
 
 logger = logging.getLogger(__name__)
 #: a pseudo-label's top lesion must have at least this mask agreement (see the module docstring)

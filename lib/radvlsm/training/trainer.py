@@ -28,7 +28,7 @@ from radvlsm.proposals.phrases import DEFAULT_PHRASE
 from radvlsm.training.data import TrainSample, prepare, split
 from radvlsm.training.loop import EpochLog, TrainConfig, build_model, evaluate, train
 from radvlsm.training.proposer import fine_tune_proposer
-from radvlsm.training.store import ENCODER, PARTS, SHIPPED, DecoderStore, ProposerStore, decoder_state
+from radvlsm.versions import ENCODER, PARTS, SHIPPED, DecoderStore, ProposerStore, decoder_state
 
 logger = logging.getLogger(__name__)
 
