@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from radvlsm.errors import InputError
+from radvlsm.frame import Frame
 
 
 @dataclass(frozen=True)
@@ -135,28 +136,25 @@ def parse_prompts(params: dict, shape: tuple[int, int]) -> Prompts:
 
 
 class ResizeLongestSide:
-    """Maps between original pixel coordinates and the model's resized, top-left padded frame."""
+    """Maps between original pixel coordinates and the model's resized, top-left padded frame.
+
+    segment-anything's interface over :class:`radvlsm.frame.Frame`, which holds the one implementation."""
 
     def __init__(self, target_length: int):
         self.target_length = target_length
 
+    def frame(self, shape: tuple[int, int]) -> Frame:
+        return Frame(shape, self.target_length)
+
     def new_size(self, shape: tuple[int, int]) -> tuple[int, int]:
-        height, width = shape
-        scale = self.target_length / max(height, width)
-        # as segment-anything: round half up (Python's round() halves to even), and never to zero rows
-        return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+        return self.frame(shape).input_size
 
     def scale_xy(self, shape: tuple[int, int]) -> tuple[float, float]:
-        new_h, new_w = self.new_size(shape)
-        return new_w / shape[1], new_h / shape[0]
+        return self.frame(shape).scale_xy
 
     def apply_coords(self, coords: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """Scale ``[..., (x, y)]`` pixel coordinates from ``shape`` to the resized frame."""
-        sx, sy = self.scale_xy(shape)
-        out = np.array(coords, dtype=np.float32, copy=True)
-        out[..., 0] *= sx
-        out[..., 1] *= sy
-        return out
+        return self.frame(shape).points_to_model(coords)
 
     def apply_boxes(self, boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        return self.apply_coords(np.asarray(boxes, np.float32).reshape(-1, 2, 2), shape).reshape(-1, 4)
+        return self.frame(shape).boxes_to_model(boxes)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from radvlsm.cache import EmbeddingCache
-from radvlsm.geometry import Prompts, ResizeLongestSide
+from radvlsm.frame import Frame
+from radvlsm.geometry import Prompts
 from radvlsm.io import Image2D, atomic_write
 from radvlsm.models.registry import Backbone
 from radvlsm.runtimes import EncoderRuntime, build_runtime
@@ -40,6 +40,12 @@ class Encoded:
     @property
     def for_decoder(self) -> torch.Tensor:
         return self.seg_embedding if self.seg_embedding is not None else self.embedding
+
+    @property
+    def frame(self) -> Frame:
+        """The image's coordinate frame (original <-> model input <-> grids), which ``original_size`` and
+        ``input_size`` determine: every conversion of this encoding's prompts and outputs goes through it."""
+        return Frame.of(self.original_size, self.input_size)
 
 
 @dataclass
@@ -69,10 +75,8 @@ class Segmentation:
 
 def preprocess(backbone: Backbone, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
     """uint8 ``(rows, cols, 3)`` -> normalised, padded ``(1, 3, S, S)`` tensor and the unpadded input size."""
-    transform = ResizeLongestSide(backbone.img_size)
-    new_h, new_w = transform.new_size(rgb.shape[:2])
-    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
-    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    frame = Frame(rgb.shape[:2], backbone.img_size)
+    x = frame.resize(torch.from_numpy(rgb).permute(2, 0, 1)[None].float())
     if backbone.normalize == "unit":
         lo, hi = x.amin(), x.amax()
         x = (x - lo) / torch.clamp(hi - lo, min=1e-8)
@@ -80,8 +84,7 @@ def preprocess(backbone: Backbone, rgb: np.ndarray) -> tuple[torch.Tensor, tuple
         mean = torch.tensor(backbone.pixel_mean).view(1, 3, 1, 1)
         std = torch.tensor(backbone.pixel_std).view(1, 3, 1, 1)
         x = (x - mean) / std
-    x = F.pad(x, (0, backbone.img_size - new_w, 0, backbone.img_size - new_h))
-    return x, (new_h, new_w)
+    return frame.pad(x), frame.input_size
 
 
 def assign_points_to_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -111,7 +114,6 @@ class SegmentPredictor:
         self.cache = cache if cache is not None else EmbeddingCache()
         # Optional persistent store (benchmarks and training reuse embeddings across runs); same key as memory.
         self.disk_cache = Path(disk_cache).expanduser() if disk_cache else None
-        self._transform = ResizeLongestSide(backbone.img_size)
         self._lock = threading.Lock()  # torch modules are shared; serialise forward passes
         # Live decoder updates (radvlsm.versions.DecoderWatcher): checked before every decode, one stat() call.
         self.decoder_watcher = None
@@ -191,12 +193,12 @@ class SegmentPredictor:
     def decode_logits(self, enc: Encoded, box: np.ndarray | None = None, points: np.ndarray | None = None,
                       labels: np.ndarray | None = None, multimask: bool = False) -> tuple[torch.Tensor, np.ndarray]:
         """Mask logits ``(K, rows, cols)`` at the original resolution and predicted IoUs ``(K,)``."""
-        shape = enc.original_size
+        frame = self._frame(enc)
         box_t = pts = None
         if box is not None:
-            box_t = torch.as_tensor(self._transform.apply_boxes(np.asarray(box)[None], shape), device=self.device)
+            box_t = torch.as_tensor(frame.boxes_to_model(np.asarray(box)[None]), device=self.device)
         if points is not None and len(points):
-            coords = torch.as_tensor(self._transform.apply_coords(points, shape), device=self.device)[None]
+            coords = torch.as_tensor(frame.points_to_model(points), device=self.device)[None]
             lab = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
             pts = (coords, lab)
         low_res, iou = self._run_decoder(enc, pts, box_t, multimask)
@@ -231,29 +233,25 @@ class SegmentPredictor:
 
         Work that combines many masks (aggregation) is done on this grid and upsampled once (``lowres_to_image``).
         """
-        box_t = torch.as_tensor(self._transform.apply_boxes(np.asarray(boxes, np.float32), enc.original_size),
-                                device=self.device)
+        box_t = torch.as_tensor(self._frame(enc).boxes_to_model(np.asarray(boxes, np.float32)), device=self.device)
         low_res, iou = self._run_decoder(enc, None, box_t, multimask)
         return low_res.float().cpu(), iou.float().cpu().numpy()
 
     def lowres_valid(self, enc: Encoded, grid: int) -> tuple[int, int]:
         """Rows and columns of a ``grid x grid`` decoder map that cover the image (the rest is padding)."""
-        scale = grid / self.backbone.img_size
-        return max(1, round(enc.input_size[0] * scale)), max(1, round(enc.input_size[1] * scale))
+        return self._frame(enc).decoder_valid(grid)
 
     def lowres_to_image(self, maps: torch.Tensor, enc: Encoded) -> torch.Tensor:
         """Cropped decoder-grid maps ``(K, h, w)`` -> ``(K, rows, cols)`` on the original grid (bilinear)."""
-        return F.interpolate(maps[None].float(), enc.original_size, mode="bilinear", align_corners=False)[0]
+        return enc.frame.cropped_to_image(maps)
 
     def postprocess(self, low_res: torch.Tensor, enc: Encoded) -> torch.Tensor:
         """Low-res logits ``(1, K, 256, 256)`` -> ``(K, rows, cols)`` on the original grid."""
-        size = self.backbone.img_size
-        x = low_res.float()
-        if tuple(x.shape[-2:]) != (size, size):  # LiteMedSAM's decoder grid is already 256: resampling is a no-op
-            x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
-        x = x[..., : enc.input_size[0], : enc.input_size[1]]
-        x = F.interpolate(x, enc.original_size, mode="bilinear", align_corners=False)
-        return x[0].cpu()
+        # LiteMedSAM's decoder grid is already 256: the resampling to the model input is skipped (a no-op)
+        return self._frame(enc).logits_to_image(low_res)[0].cpu()
+
+    def _frame(self, enc: Encoded) -> Frame:
+        return enc.frame.check(self.backbone.img_size)
 
     def segment(self, image: Image2D, prompts: Prompts, multimask: bool = False) -> Segmentation:
         """One lesion per box (clicks go to the box they fall in); clicks without boxes make one lesion."""

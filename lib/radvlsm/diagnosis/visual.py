@@ -2,9 +2,9 @@
 
 The segmentation encoder already ran for the image (its embedding is cached by the predictor), so these
 descriptors cost only a pooling step. The mask is mapped onto the embedding grid exactly as the image was mapped
-onto the encoder input: resized (bilinear, antialiased) to ``input_size``, zero padded bottom/right to
-``img_size``, then averaged over the ``img_size / grid`` patch of each embedding cell, which gives each cell the
-fraction of it covered by lesion. Pooled vectors (``C`` = 256 each):
+onto the encoder input (:class:`radvlsm.frame.Frame`): resized (bilinear, antialiased) to ``input_size``, zero
+padded bottom/right to ``img_size``, then averaged over the ``img_size / grid`` patch of each embedding cell,
+which gives each cell the fraction of it covered by lesion. Pooled vectors (``C`` = 256 each):
 
 * ``in_mean``: coverage-weighted mean inside the lesion (what the lesion looks like);
 * ``in_max``: max over the cells at least half as covered as the best one (the most salient part);
@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from radvlsm.frame import Frame
+
 if TYPE_CHECKING:
     from radvlsm.predictor import Encoded
 
@@ -32,19 +34,19 @@ RING_PX = 16  # ring width in encoder-input pixels (4 embedding cells for LiteMe
 
 def mask_grids(mask: np.ndarray, input_size: tuple[int, int], img_size: int = 256, grid: int = 64,
                ring_px: int = RING_PX) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-cell weights ``(grid, grid)`` for the lesion, the ring around it and the valid (unpadded) image."""
-    h, w = input_size
-    m = torch.from_numpy((np.asarray(mask) > 0).astype(np.float32))[None, None]
-    m = F.interpolate(m, size=(h, w), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
-    m = F.pad(m, (0, img_size - w, 0, img_size - h))
-    valid = torch.zeros_like(m)
-    valid[..., :h, :w] = 1.0
+    """Per-cell weights ``(grid, grid)`` for the lesion, the ring around it and the valid (unpadded) image.
+
+    ``input_size`` must be the model input of the mask's image (``Frame(mask.shape, img_size).input_size``)."""
+    frame = Frame(np.shape(mask), img_size)
+    if frame.input_size != tuple(int(v) for v in input_size):
+        raise ValueError(f"input size {list(input_size)} is not the {img_size}-pixel model input of a "
+                         f"{list(np.shape(mask))} mask (expected {list(frame.input_size)})")
+    m = frame.soft_mask_to_model(mask)
+    valid = frame.input_area()
     k = 2 * ring_px + 1
-    dilated = F.max_pool2d(m, kernel_size=k, stride=1, padding=ring_px)
+    dilated = F.max_pool2d(m[None, None], kernel_size=k, stride=1, padding=ring_px)[0, 0]
     ring = (dilated - m).clamp(0, 1) * valid
-    cell = img_size // grid
-    pool = [F.avg_pool2d(t, cell)[0, 0] for t in (m, ring, valid)]
-    return pool[0], pool[1], pool[2]
+    return frame.pool_to_grid(m, grid), frame.pool_to_grid(ring, grid), frame.pool_to_grid(valid, grid)
 
 
 def _wmean(emb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from radvlsm.errors import CheckpointError
 from radvlsm.io import Image2D
@@ -24,7 +23,7 @@ from radvlsm.models.registry import file_version
 from radvlsm.predictor import Encoded, SegmentPredictor
 from radvlsm.proposals.base import Candidate, Proposal, register_proposer
 from radvlsm.proposals.boxes import heatmap_boxes, nms
-from radvlsm.proposals.qformer_model import QFormerLite, QFormerLiteConfig, valid_grid
+from radvlsm.proposals.qformer_model import QFormerLite, QFormerLiteConfig
 from radvlsm.text import TextEncoder, shared_text_encoder, validate_text
 from radvlsm.versions.watcher import ModuleWatcher
 
@@ -120,15 +119,13 @@ class QFormerLiteProposer:
         """Match probability, the relevance heatmap on the original grid, and the box head's box (pixels)."""
         feats = self.text_encoder.encode(text)
         dev = self.predictor.device
-        valid = valid_grid(enc.input_size, self.predictor.backbone.img_size, self.model.cfg.grid)[None].to(dev)
+        frame = enc.frame.check(self.predictor.backbone.img_size)
+        valid = frame.grid_valid_mask(self.model.cfg.grid)[None].to(dev)
         if self.watcher is not None:
             self.watcher.refresh()
         with self._lock:
             out = self.model(enc.embedding.to(dev), valid, feats.tokens[None].to(dev), feats.mask[None].to(dev))
-        size = self.predictor.backbone.img_size
-        heat = F.interpolate(out["heat"][:, None].float(), (size, size), mode="bilinear", align_corners=False)
-        heat = heat[..., : enc.input_size[0], : enc.input_size[1]]
-        heat = F.interpolate(heat, enc.original_size, mode="bilinear", align_corners=False).sigmoid()[0, 0]
+        heat = frame.logits_to_image(out["heat"][:, None]).sigmoid()[0, 0]  # as the predictor's masks
         rows, cols = enc.original_size
         cx, cy, w, h = out["box"][0].float().cpu().tolist()
         box = np.array([(cx - w / 2) * cols, (cy - h / 2) * rows, (cx + w / 2) * cols - 1, (cy + h / 2) * rows - 1])

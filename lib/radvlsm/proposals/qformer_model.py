@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from radvlsm.frame import Frame
+
 
 @dataclass
 class QFormerLiteConfig:
@@ -108,12 +110,11 @@ class QFormerLite(nn.Module):
 
 
 def valid_grid(input_size: tuple[int, int], img_size: int = 256, grid: int = 64) -> torch.Tensor:
-    """``(grid, grid)`` 1 where a patch covers the unpadded image (any part of it)."""
-    rows = math.ceil(input_size[0] * grid / img_size)
-    cols = math.ceil(input_size[1] * grid / img_size)
-    v = torch.zeros(grid, grid)
-    v[:rows, :cols] = 1
-    return v
+    """``(grid, grid)`` 1 where a patch covers the unpadded image (any part of it): :meth:`Frame.grid_valid_mask`
+    of the model input ``input_size`` (its own frame: the resized image resizes to itself)."""
+    if max(input_size) != img_size:
+        raise ValueError(f"input size {list(input_size)} is not a {img_size}-pixel model input")
+    return Frame(input_size, img_size).grid_valid_mask(grid)
 
 
 def cxcywh_to_xyxy(b: torch.Tensor) -> torch.Tensor:

@@ -56,10 +56,8 @@ def _unit(v: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 
 def valid_grid(enc: Encoded, img_size: int) -> tuple[int, int]:
-    """Rows/cols of the embedding grid that cover the unpadded (resized) image."""
-    grid = enc.embedding.shape[-1]
-    stride = img_size / grid
-    return (min(grid, int(np.ceil(enc.input_size[0] / stride))), min(grid, int(np.ceil(enc.input_size[1] / stride))))
+    """Rows/cols of the embedding grid that cover the unpadded (resized) image (:meth:`Frame.grid_valid`)."""
+    return enc.frame.check(img_size).grid_valid(enc.embedding.shape[-1])
 
 
 def patch_features(enc: Encoded, img_size: int) -> torch.Tensor:
@@ -68,10 +66,9 @@ def patch_features(enc: Encoded, img_size: int) -> torch.Tensor:
     return _unit(enc.embedding[0, :, :gh, :gw].detach().cpu(), dim=0)
 
 
-def mask_on_grid(mask: np.ndarray, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """Fraction of each valid grid cell covered by the mask (area interpolation of the original-grid mask)."""
-    m = torch.from_numpy(np.asarray(mask) > 0).float()[None, None]
-    return F.interpolate(m, size=grid_hw, mode="area")[0, 0]
+def mask_on_grid(mask: np.ndarray, enc: Encoded, img_size: int) -> torch.Tensor:
+    """Fraction of each valid grid cell covered by the mask (:meth:`Frame.mask_to_valid_grid`)."""
+    return enc.frame.check(img_size).mask_to_valid_grid(mask, enc.embedding.shape[-1])
 
 
 def kmeans_prototypes(x: torch.Tensor, weights: torch.Tensor, n: int, iters: int = 10) -> torch.Tensor:
@@ -107,16 +104,10 @@ def exemplar_vectors(feats: torch.Tensor, weights: torch.Tensor,
 
 
 def grid_to_image(heat: torch.Tensor, enc: Encoded, img_size: int) -> np.ndarray:
-    """Valid-area grid map ``(gh, gw)`` -> ``(rows, cols)`` on the original image, mirroring
-    :meth:`SegmentPredictor.postprocess`: pad to the full grid, upsample to the model frame, crop the unpadded
-    input area, resize to the original size."""
-    grid = enc.embedding.shape[-1]
-    full = torch.zeros(grid, grid)
-    full[: heat.shape[0], : heat.shape[1]] = heat
-    x = F.interpolate(full[None, None], (img_size, img_size), mode="bilinear", align_corners=False)
-    x = x[..., : enc.input_size[0], : enc.input_size[1]]
-    x = F.interpolate(x, enc.original_size, mode="bilinear", align_corners=False)
-    return x[0, 0].numpy()
+    """Valid-area grid map ``(gh, gw)`` -> ``(rows, cols)`` on the original image, as
+    :meth:`SegmentPredictor.postprocess` (:meth:`Frame.heat_to_image`): pad to the full grid, upsample to the model
+    frame, crop the unpadded input area, resize to the original size."""
+    return enc.frame.check(img_size).heat_to_image(heat, enc.embedding.shape[-1]).numpy()
 
 
 class TemplateProposer:
@@ -181,7 +172,7 @@ class TemplateProposer:
         self._check_room(case_id)
         enc = self.predictor.encode(image)
         feats = patch_features(enc, self.img_size)
-        weights = mask_on_grid(mask, feats.shape[1:])
+        weights = mask_on_grid(mask, enc, self.img_size)
         if weights.sum() <= 0:
             raise ValueError(f"exemplar '{case_id}': mask too small for the {tuple(feats.shape[1:])} feature grid")
         exemplar = Exemplar(case_id, *exemplar_vectors(feats, weights, self.bg_prototypes))

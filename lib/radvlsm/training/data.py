@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from radvlsm.geometry import ResizeLongestSide, mask_to_box
+from radvlsm.frame import Frame
+from radvlsm.geometry import mask_to_box
 from radvlsm.holdout import HOLD_OUT_MODULUS as HOLD_OUT_MODULUS
 from radvlsm.holdout import MIN_LABELLED as MIN_LABELLED
 from radvlsm.holdout import id_hash as id_hash
@@ -60,6 +60,12 @@ class Item:
         """What the mask decoder reads (the adapted encoder's embedding when one is served)."""
         return self.seg_embedding if self.seg_embedding is not None else self.embedding
 
+    @property
+    def frame(self) -> Frame:
+        """The coordinate frame of the encoding this item was prepared from (:attr:`Encoded.frame`): its targets
+        and boxes are built in it, as the served masks are mapped back through it."""
+        return Frame.of(self.original_size, self.input_size)
+
 
 def lesion_components(mask: np.ndarray) -> list[np.ndarray]:
     """Each connected lesion of a label (8-connected, at least ``MIN_COMPONENT_PX``), largest first."""
@@ -81,7 +87,6 @@ def prepare(samples: list[TrainSample], predictor, max_lesions: int = 3,
     preprocessed image when encoder adapters are trained."""
     from radvlsm.predictor import preprocess
 
-    transform = ResizeLongestSide(predictor.backbone.img_size)
     items = []
     for s in samples:
         image = load_image(s.image_path)
@@ -91,7 +96,8 @@ def prepare(samples: list[TrainSample], predictor, max_lesions: int = 3,
             logger.warning(f"training: {s.image_id} has an empty label; skipped")
             continue
         enc = predictor.encode(image)
-        lesions = [(transform.apply_boxes(np.array(mask_to_box(c), np.float32), image.shape)[0], c) for c in comps]
+        frame = enc.frame  # the served frame: the boxes and targets of training are built in it
+        lesions = [(frame.boxes_to_model(np.array(mask_to_box(c), np.float32))[0], c) for c in comps]
         item = Item(s.image_id, enc.embedding.detach().to("cpu", torch.float16), enc.original_size,
                     enc.input_size, mask, lesions, s.pathology)
         if enc.seg_embedding is not None:
@@ -105,10 +111,9 @@ def prepare(samples: list[TrainSample], predictor, max_lesions: int = 3,
 
 
 def model_frame_target(mask: np.ndarray, input_size: tuple[int, int], img_size: int) -> torch.Tensor:
-    """A label resized to the model's input (longest side ``img_size``), zero padded: ``(img_size, img_size)``."""
-    m = torch.from_numpy(mask.astype(np.float32))[None, None]
-    m = F.interpolate(m, size=input_size, mode="bilinear", align_corners=False) > 0.5
-    return F.pad(m.float(), (0, img_size - input_size[1], 0, img_size - input_size[0]))[0, 0]
+    """A label resized to the model's input (longest side ``img_size``), zero padded: ``(img_size, img_size)``
+    (:meth:`Frame.mask_to_model` of the label's frame; ``input_size`` must be that frame's)."""
+    return Frame.of(np.shape(mask), input_size).check(img_size).mask_to_model(mask)
 
 
 def jitter_box(box: np.ndarray, input_size: tuple[int, int], max_shift: float, rng: np.random.Generator

@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from radvlsm.training.data import Item, error_click, jitter_box, model_frame_target
+from radvlsm.training.data import Item, error_click, jitter_box
 from radvlsm.training.proposer import ProposerConfig
 from radvlsm.versions import PARTS
 
@@ -185,12 +185,9 @@ class Prompts:
         self.entries: list[tuple[Item, np.ndarray, torch.Tensor]] = []
         self.scale = low_res / img_size
         for item in items:
+            frame = item.frame.check(img_size)
             for box, mask in item.lesions:
-                target = model_frame_target(mask, item.input_size, img_size)
-                if low_res != img_size:
-                    target = (F.interpolate(target[None, None], size=(low_res, low_res), mode="bilinear",
-                                            align_corners=False)[0, 0] > 0.5).float()
-                self.entries.append((item, box, target))
+                self.entries.append((item, box, frame.mask_to_decoder(mask, low_res)))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -302,8 +299,7 @@ def evaluate(model: PromptDecoder, items: list[Item], img_size: int) -> list[flo
         boxes = torch.as_tensor(np.stack([b for b, _ in item.lesions]))
         emb = model.embed([item]).expand(len(boxes), -1, -1, -1)
         logits, _ = model(emb, boxes)
-        x = F.interpolate(logits[:, None], (img_size, img_size), mode="bilinear", align_corners=False)
-        x = x[..., : item.input_size[0], : item.input_size[1]]
-        pred = (F.interpolate(x, item.original_size, mode="bilinear", align_corners=False)[:, 0] > 0).any(0).numpy()
+        # mapped to the image exactly as the predictor serves it
+        pred = (item.frame.check(img_size).logits_to_image(logits[:, None])[:, 0] > 0).any(0).numpy()
         scores.append(float(2 * (pred & item.mask).sum() / max(pred.sum() + item.mask.sum(), 1)))
     return scores

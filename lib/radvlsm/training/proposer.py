@@ -40,13 +40,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from radvlsm.geometry import mask_to_box
 from radvlsm.predictor import Encoded
 from radvlsm.proposals.boxes import box_iou
-from radvlsm.proposals.qformer_model import QFormerLite, losses, valid_grid
-from radvlsm.training.data import Item, model_frame_target
+from radvlsm.proposals.qformer_model import QFormerLite, losses
+from radvlsm.training.data import Item
 from radvlsm.training.gate import folds, paired_bootstrap
 from radvlsm.versions import ProposerStore
 
@@ -117,9 +116,13 @@ def box_target(mask: np.ndarray) -> torch.Tensor:
 
 
 def heat_target(item: Item, img_size: int, grid: int) -> torch.Tensor:
-    """The relevance map's target: the share of each patch of the padded model frame covered by the lesion."""
-    frame = model_frame_target(item.mask, item.input_size, img_size)
-    return F.avg_pool2d(frame[None, None], img_size // grid)[0, 0]
+    """The relevance map's target: the share of each patch of the padded model frame covered by the lesion
+    (the decoder's thresholded target, :meth:`Frame.mask_to_model`, pooled onto the embedding grid).
+
+    ``scripts/proposer_pack.py`` (the shipped checkpoint's targets) pools the unthresholded bilinear mask instead:
+    the two differ only in the cells the lesion boundary crosses."""
+    frame = item.frame.check(img_size)
+    return frame.pool_to_grid(frame.mask_to_model(item.mask), grid)
 
 
 @dataclass
@@ -185,7 +188,7 @@ class SiteData:
         self.valid, self.heat, self.box, self.match = [], [], [], []
         with torch.no_grad():
             for it in items:
-                valid = valid_grid(it.input_size, img_size, grid).to(dev)
+                valid = it.frame.check(img_size).grid_valid_mask(grid).to(dev)
                 self.valid.append(valid)
                 positive = bool(it.lesions)
                 self.match.append(1.0 if positive else 0.0)
