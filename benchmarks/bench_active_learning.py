@@ -35,15 +35,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import dice  # noqa: E402
+from benchmarks.common import dice, stack_for  # noqa: E402
 from benchmarks.datasets import busbra  # noqa: E402
-from radvlsm.cache import EmbeddingCache  # noqa: E402
 from radvlsm.geometry import mask_to_box  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
-from radvlsm.models import build_backbone  # noqa: E402
-from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline  # noqa: E402
-from radvlsm.predictor import SegmentPredictor  # noqa: E402
-from radvlsm.proposals import build_proposer  # noqa: E402
+from radvlsm.pipeline import PipelineOptions  # noqa: E402
 from radvlsm.training import DecoderStore, DecoderWatcher, TrainConfig, TrainSample, fine_tune  # noqa: E402
 from radvlsm.training.store import ProposerStore, decoder_state  # noqa: E402
 from radvlsm.training.uncertainty import pick_first, pick_random, pick_uncertain, score_image  # noqa: E402
@@ -54,12 +50,14 @@ DISK_CACHE = "~/.cache/radvlsm/embeddings"
 class Loop:
     def __init__(self, args):
         self.args = args
-        self.predictor = SegmentPredictor(build_backbone("litemedsam"), EmbeddingCache(max_bytes=1500 << 20),
-                                          disk_cache=DISK_CACHE)
-        self.proposer = build_proposer("qformer_lite", predictor=self.predictor,
-                                       checkpoint=str(ROOT / "model" / "qformer_lite" / "qformer_lite.pt"))
+        # eager encoder, 1500 MB memory cache over the disk cache, no diagnosis; the decoder and proposer stores
+        # are this run's own (set per strategy in advance), not a trained_dir's
+        self.stack = stack_for(cache_mb=1500, disk_cache=DISK_CACHE,
+                               qformer_checkpoint=str(ROOT / "model" / "qformer_lite" / "qformer_lite.pt"))
+        self.predictor = self.stack.predictor
+        self.proposer = self.stack.text_proposer
         self.shipped_proposer = copy.deepcopy(self.proposer.model.state_dict())
-        self.pipeline = RadVLSMPipeline(self.predictor, self.proposer, None)
+        self.pipeline = self.stack.pipeline
         pool = busbra({1, 2, 3, 4})
         random.Random(0).shuffle(pool)  # a larger --pool extends a smaller one (embeddings are reused)
         self.pool = {case: (img, mask) for img, mask, case in pool[: args.pool]}

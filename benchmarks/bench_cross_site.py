@@ -36,14 +36,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import Recording, dice  # noqa: E402
+from benchmarks.common import Recording, dice, pipeline_over, stack_for  # noqa: E402
 from benchmarks.datasets import load, uclm_pathology  # noqa: E402
 from radvlsm.geometry import mask_to_box  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
-from radvlsm.models import build_backbone  # noqa: E402
 from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline  # noqa: E402
-from radvlsm.predictor import SegmentPredictor  # noqa: E402
-from radvlsm.proposals import build_proposer  # noqa: E402
 from radvlsm.proposals.boxes import box_iou  # noqa: E402
 from radvlsm.proposals.phrases import DEFAULT_PHRASE  # noqa: E402
 
@@ -191,19 +188,17 @@ def main() -> None:
     ap.add_argument("--diagnosis", action="store_true", help="also the diagnosis AUC on uclm-lesion")
     ap.add_argument("--runtime", default="auto", help="encoder runtime (the server's default: auto)")
     args = ap.parse_args()
-    predictor = SegmentPredictor(build_backbone("litemedsam"), disk_cache=DISK_CACHE, runtime=args.runtime)
-    rec = Recording(build_proposer("qformer_lite", predictor=predictor,
-                                   checkpoint=str(args.proposer) if args.proposer else None))
-    diagnoser = None
-    if args.diagnosis:
-        from radvlsm.diagnosis import Diagnoser
-
-        diagnoser = Diagnoser.load(DIAGNOSIS_DIR)
+    stack = stack_for(runtime=args.runtime, disk_cache=DISK_CACHE,
+                      qformer_checkpoint=str(args.proposer) if args.proposer else None,
+                      diagnosis_dir=str(DIAGNOSIS_DIR), diagnose=args.diagnosis)
+    predictor = stack.predictor
+    rec = Recording(stack.proposer)
+    pipe = pipeline_over(stack, rec)  # the stack's pipeline, its proposer's answers kept
+    diagnoser = stack.diagnoser
     lines, diag = [], []
     for name in args.sets:
         items = load(name)[: args.limit]
-        d = diagnoser if name == "uclm-lesion" else None
-        pipe = RadVLSMPipeline(predictor, rec, d)
+        d = diagnoser if name == "uclm-lesion" else None  # run_set asks for a diagnosis only with one
         rows = run_set(name, items, pipe, rec, d, RESULTS / f"cross_site_{args.tag}_{name}.csv")
         lines += summarise(name, rows)
         if d is not None:

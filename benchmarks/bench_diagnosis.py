@@ -18,26 +18,31 @@ from pathlib import Path
 
 import numpy as np
 
-from radvlsm.diagnosis.head import Diagnoser, Head
+from radvlsm.diagnosis.head import Head
 from radvlsm.diagnosis.metrics import report
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from diagnosis_common import MODEL_DIR, TEST_FOLD, cases  # noqa: E402
 from diagnosis_train import load_features  # noqa: E402
 
+from benchmarks.common import encoding_diagnoser, stack_for  # noqa: E402
 
-def e2e(model_dir: Path, head: Head, test: list, probs: np.ndarray, n: int) -> dict:
+
+def e2e(model_dir: Path, test: list, probs: np.ndarray, n: int) -> dict:
     """Full path on ``n`` images: original image -> CPU encode -> Diagnoser; compare with cached features."""
     import torch
 
     from radvlsm.io import load_image, load_mask
-    from radvlsm.models import build_backbone
-    from radvlsm.predictor import SegmentPredictor
 
     torch.set_num_threads(1)
-    pred = SegmentPredictor(build_backbone("litemedsam"))
-    diag = Diagnoser(head, model_dir, encoder=pred.encode)
+    # eager LiteMedSAM on the CPU, no disk cache; the head in model_dir, the predictor its encoder (roi views)
+    stack = stack_for(diagnosis_dir=str(model_dir), diagnose=True)
+    pred = stack.predictor
+    diag = encoding_diagnoser(stack)
+    if diag is None:
+        raise SystemExit(f"--e2e: no diagnosis head (head.json) in the folder {model_dir}")
     diffs, t = [], []
     for c, p in zip(test[:n], probs[:n], strict=False):
         img = load_image(c.image)
@@ -70,7 +75,7 @@ def main() -> None:
         print(f"{k:<11} {m['auc']:6.3f} {m['accuracy']:6.3f} {m['sens_at_90spec']:12.3f} {m['brier']:6.3f} "
               f"{m['threshold']:5.2f}")
     if args.e2e:
-        out["e2e"] = e2e(args.model, head, test, p["fused"], args.e2e)
+        out["e2e"] = e2e(args.model, test, p["fused"], args.e2e)
         e = out["e2e"]
         print(f"end-to-end CPU path on {e['n']} images: |P - P_cached| max {e['max_abs_prob_diff']:.4f}, "
               f"mean {e['mean_abs_prob_diff']:.4f}; {e['mean_seconds']:.2f} s per diagnosis incl. encode")

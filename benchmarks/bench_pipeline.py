@@ -23,6 +23,7 @@ import re
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +32,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import Recording, dice, iou, write_csv  # noqa: E402
+from benchmarks.common import Recording, dice, iou, pipeline_over, stack_for, write_csv  # noqa: E402
 from benchmarks.datasets import load  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
-from radvlsm.models import build_backbone  # noqa: E402
 from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline  # noqa: E402
-from radvlsm.predictor import SegmentPredictor  # noqa: E402
-from radvlsm.proposals import build_proposer  # noqa: E402
 from radvlsm.proposals.phrases import DEFAULT_PHRASE  # noqa: E402
+from radvlsm.stack import Stack  # noqa: E402
 
 DISK_CACHE = "~/.cache/radvlsm/embeddings"
 MODEL_DIR = ROOT / "model" / "diagnosis"
@@ -95,9 +94,11 @@ def run_dataset(name: str, items, pipe: RadVLSMPipeline, rec: Recording, opts: P
     return rows, masks
 
 
-def new_image_latency(items, backbone, proposer, diagnoser, opts: PipelineOptions) -> tuple[list[float], list[float]]:
-    """Pipeline ms on a new image (no disk cache: one encode), then the same call again (memory cache)."""
-    pipe = RadVLSMPipeline(SegmentPredictor(backbone), proposer, diagnoser)
+def new_image_latency(items, stack: Stack, opts: PipelineOptions) -> tuple[list[float], list[float]]:
+    """Pipeline ms on a new image (``stack``: no disk cache, so one encode), then the same call again (memory
+    cache)."""
+    pipe = stack.pipeline
+    pipe.predictor.cache.clear()  # every dataset starts with an empty memory cache
     first, again = [], []
     for img_path, _, _ in items:
         image = load_image(img_path)
@@ -217,27 +218,26 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    backbone = build_backbone("litemedsam")
-    predictor = SegmentPredictor(backbone, disk_cache=DISK_CACHE)
-    proposer = build_proposer("qformer_lite", predictor=predictor)
-    rec = Recording(proposer)
-    diagnoser = None
-    if args.diagnosis:
-        from radvlsm.diagnosis import Diagnoser
-
-        diagnoser = Diagnoser.load(MODEL_DIR)
+    # eager encoder over the disk cache; the shipped diagnosis head only with --diagnosis
+    stack = stack_for(disk_cache=DISK_CACHE, diagnosis_dir=str(MODEL_DIR), diagnose=args.diagnosis)
+    predictor = stack.predictor
+    rec = Recording(stack.proposer)
+    pipe = pipeline_over(stack, rec)  # the stack's pipeline, its proposer's answers kept
+    diagnoser = stack.diagnoser
+    # new-image latency: the same settings without the disk cache (built on first use)
+    latency = Stack(replace(stack.settings, disk_cache=None))
     summaries, diag_rows = [], []
     for name in args.datasets:
         items = load(name)[: args.limit]
         is_busbra = Path(name).name.startswith("busbra")
         diag = diagnoser if is_busbra else None
+        # diagnose only on BUS-BRA: the pipelines' diagnoser is not asked elsewhere
         opts = PipelineOptions(text=args.text, diagnose=diag is not None)
-        pipe = RadVLSMPipeline(predictor, rec, diag)
         rows, masks = run_dataset(name, items, pipe, rec, opts, diag)
         write_csv(rows, RESULTS / f"pipeline_{Path(name).name}.csv")
         fig = figure(rows, masks, items, RESULTS / f"pipeline_{Path(name).name}.png")
         predictor.cache.clear()
-        first, again = (new_image_latency(items[: args.latency_images], backbone, proposer, diag, opts)
+        first, again = (new_image_latency(items[: args.latency_images], latency, opts)
                         if args.latency_images else ([float("nan")], [float("nan")]))
         summaries.append((name, rows, first, again, diag is not None, fig))
         if diag is not None:

@@ -23,6 +23,7 @@ import random
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +32,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import dice, write_csv  # noqa: E402
+from benchmarks.common import dice, extra_proposer, stack_for, write_csv  # noqa: E402
 from benchmarks.datasets import load  # noqa: E402
 from radvlsm.geometry import mask_to_box  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
-from radvlsm.models import build_backbone  # noqa: E402
 from radvlsm.predictor import SegmentPredictor  # noqa: E402
 from radvlsm.proposal_service import ProposalService  # noqa: E402
-from radvlsm.proposals import build_proposer  # noqa: E402
 from radvlsm.proposals.boxes import box_iou  # noqa: E402
 from radvlsm.proposals.phrases import DEFAULT_PHRASE  # noqa: E402
+from radvlsm.stack import Stack  # noqa: E402
 
 DISK_CACHE = "~/.cache/radvlsm/embeddings"
 EXEMPLAR_CACHE = "~/.cache/radvlsm/exemplar-embeddings"
@@ -61,10 +61,10 @@ WRONG = {"busbra": "colon polyp", "kvasir": "breast lesion"}
 
 
 
-def build_bank(predictor: SegmentPredictor, bank: str, n: int):
-    """A ``template`` proposer holding ``n`` exemplars sampled (seed 0) from the ``bank`` dataset."""
-    exemplar_predictor = SegmentPredictor(predictor.backbone, disk_cache=EXEMPLAR_CACHE)
-    proposer = build_proposer("template", predictor=exemplar_predictor, max_exemplars=n)
+def build_bank(stack: Stack, bank: str, n: int):
+    """A ``template`` proposer holding ``n`` exemplars sampled (seed 0) from the ``bank`` dataset: the site bank of
+    ``stack``'s settings with the exemplar disk cache and ``n`` exemplars at most (a new stack each call)."""
+    proposer = Stack(replace(stack.settings, disk_cache=EXEMPLAR_CACHE, template_exemplars=n)).site.bank
     items = load(bank)
     t = time.perf_counter()
     for img_path, mask_path, case in random.Random(0).sample(items, n):
@@ -140,8 +140,9 @@ def main() -> None:
                     help="snap boxes with one decoder pass: each backend's server default, or forced on/off")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    predictor = SegmentPredictor(build_backbone("litemedsam"), disk_cache=DISK_CACHE)
-    qformer = build_proposer("qformer_lite", predictor=predictor) if "qformer_lite" in args.backends else None
+    stack = stack_for(disk_cache=DISK_CACHE)  # eager encoder over the disk cache
+    predictor = stack.predictor
+    qformer = stack.text_proposer if "qformer_lite" in args.backends else None
     results = []
     for name in args.datasets:
         dom = domain(name)
@@ -154,9 +155,9 @@ def main() -> None:
                 bank = args.bank or BANKS.get(dom)
                 if bank is None:
                     raise SystemExit(f"{name}: give --bank for the template exemplars")
-                proposers[b] = build_bank(predictor, bank, args.exemplars)
+                proposers[b] = build_bank(stack, bank, args.exemplars)
             else:
-                proposers[b] = build_proposer(b, predictor=predictor)
+                proposers[b] = extra_proposer(stack, b)
         service = ProposalService(predictor, proposers, default_backend=args.backends[0], default_text=args.text)
         wrong = args.wrong_text or WRONG.get(dom)
         refine = {} if args.refine == "default" else {"refine": args.refine == "on"}

@@ -23,11 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import extra_proposer, stack_for  # noqa: E402
 from benchmarks.datasets import busbra  # noqa: E402
-from radvlsm.cache import EmbeddingCache  # noqa: E402
-from radvlsm.models import build_backbone  # noqa: E402
-from radvlsm.predictor import SegmentPredictor  # noqa: E402
-from radvlsm.proposals import build_proposer  # noqa: E402
 from radvlsm.training.data import TrainSample, prepare  # noqa: E402
 from radvlsm.training.proposer import ProposerConfig, fine_tune_proposer, outcome  # noqa: E402
 from radvlsm.training.store import ProposerStore  # noqa: E402
@@ -41,9 +38,10 @@ def main() -> None:
                     help="EPOCHS:LR pairs")
     args = ap.parse_args()
     settings = [(int(e), float(lr)) for e, lr in (s.split(":") for s in args.settings)]
-    predictor = SegmentPredictor(build_backbone("litemedsam"), EmbeddingCache(max_bytes=1500 << 20),
-                                 disk_cache="~/.cache/radvlsm/embeddings")
-    proposer = build_proposer("qformer_lite", predictor=predictor)
+    # eager encoder, 1500 MB memory cache over the disk cache, the shipped proposer
+    stack = stack_for(cache_mb=1500, disk_cache="~/.cache/radvlsm/embeddings")
+    predictor = stack.predictor
+    proposer = stack.text_proposer
     pool = busbra({1, 2, 3, 4})
     random.Random(0).shuffle(pool)
     samples = [TrainSample(case, img, mask) for img, mask, case in pool[: args.train + args.val]]
@@ -58,7 +56,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             store = ProposerStore(tmp)
             run = fine_tune_proposer(proposer, train, store, ProposerConfig(epochs=epochs, lr=lr))
-            follower = build_proposer("qformer_lite", predictor=predictor, store=store) if run.published else proposer
+            follower = (extra_proposer(stack, "qformer_lite", checkpoint=stack.settings.qformer_path, store=store)
+                        if run.published else proposer)
             after = [outcome(follower, it, "lesion") for it in val]
         g = run.gate
         iou = lambda outs, p: np.array([o.score(p.threshold) for o in outs])  # noqa: E731
@@ -67,3 +66,7 @@ def main() -> None:
             f"{b.mean():.4f} / {a.mean():.4f} | {(b >= 0.5).mean():.3f} / {(a >= 0.5).mean():.3f}"
         print(f"| {epochs} | {lr:g} | {g.get('before', float('nan')):.4f} | {g.get('after', float('nan')):.4f} | "
               f"{g.get('lower', float('nan')):+.4f} | {run.published} | {held} | {run.seconds:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

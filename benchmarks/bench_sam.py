@@ -14,6 +14,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,12 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import dice, write_csv  # noqa: E402
+from benchmarks.common import dice, stack_for, write_csv  # noqa: E402
 from benchmarks.datasets import load  # noqa: E402
 from radvlsm.geometry import Prompts, mask_to_box  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
-from radvlsm.models import build_backbone  # noqa: E402
 from radvlsm.predictor import SegmentPredictor  # noqa: E402
+from radvlsm.stack import Stack  # noqa: E402
 from tests.conftest import start_server, stop_server  # noqa: E402
 
 DISK_CACHE = "~/.cache/radvlsm/embeddings"
@@ -83,9 +84,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N images only")
     ap.add_argument("--rest", type=int, default=20, help="images timed through REST (0 to skip)")
     args = ap.parse_args()
-    predictor = SegmentPredictor(build_backbone(args.backbone, checkpoint=args.checkpoint))
-    # Encode latency must be measured, so no disk cache here; the embeddings are stored for the other benchmarks.
-    store = SegmentPredictor(predictor.backbone, disk_cache=DISK_CACHE)
+    stack = stack_for(backbone=args.backbone, checkpoint=args.checkpoint)  # eager encoder
+    predictor = stack.predictor
+    # Encode latency must be measured, so no disk cache here; the embeddings are stored for the other benchmarks
+    # (through the same settings with the disk cache: a predictor only used to persist them)
+    store = Stack(replace(stack.settings, disk_cache=DISK_CACHE)).predictor
     print("| dataset | images | Dice mean | Dice median | encode ms (median) | cached decode ms (median) "
           "| REST first prompt ms (median) | REST cached prompt ms (median) |")
     print("|---|---|---|---|---|---|---|---|")

@@ -31,15 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_site_adaptation import DISK_CACHE, site_cases  # noqa: E402
-from benchmarks.common import dice  # noqa: E402
+from benchmarks.common import dice, pipeline_over, stack_for  # noqa: E402
 from benchmarks.datasets import busbra  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
-from radvlsm.models import build_backbone  # noqa: E402
-from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline  # noqa: E402
-from radvlsm.predictor import SegmentPredictor  # noqa: E402
-from radvlsm.proposals import build_proposer  # noqa: E402
+from radvlsm.pipeline import PipelineOptions  # noqa: E402
 from radvlsm.proposals.base import Candidate, Proposal  # noqa: E402
-from radvlsm.proposals.site_exemplars import ExemplarAssistedProposer, SiteExemplars  # noqa: E402
 
 RULES = ("text", "exemplars", "exemplars-first", "shipped")
 
@@ -79,21 +75,22 @@ def main() -> None:
     ap.add_argument("--exemplars", type=int, nargs="+", default=[10])
     ap.add_argument("--eval", type=int, default=80, help="first N images of BUS-BRA fold 5 (0: all)")
     args = ap.parse_args()
-    predictor = SegmentPredictor(build_backbone("litemedsam"), disk_cache=DISK_CACHE, runtime="auto")
     print("| site | exemplars | rule | phrase | lesion images | text Dice | lesion-free images given a lesion | "
           "source reliability (text / exemplars) |")
     print("|---|---|---|---|---|---|---|---|")
     for site in args.sites:
         pool, test, phrase, start = cases(site)
         test = test[: args.eval] if args.eval and site == "busbra" else test
-        text = build_proposer("qformer_lite", predictor=predictor, checkpoint=str(start) if start else None)
         data = []
         for img_path, mask_path, _, has_lesion in test:
             image = load_image(img_path)
             data.append((image, load_mask(mask_path, image.shape) > 0, has_lesion))
         for n in args.exemplars:
-            bank = build_proposer("template", predictor=predictor, max_exemplars=200)
-            shipped = ExemplarAssistedProposer(text, SiteExemplars(bank), "lesion")
+            # the served stack (encoder runtime auto, shipped decoder, no diagnosis) from the site's start
+            # checkpoint, with the site's exemplars (a bank of 200 at most, empty: a new stack per bank size)
+            stack = stack_for(runtime="auto", disk_cache=DISK_CACHE, qformer_checkpoint=str(start) if start else None,
+                              site_exemplars=True, text="lesion", template_exemplars=200)
+            text, bank, shipped = stack.text_proposer, stack.site.bank, stack.proposer
             for img_path, mask_path, case_id, *_ in pool[:n]:
                 image = load_image(img_path)
                 shipped.learn(case_id, image, load_mask(mask_path, image.shape) > 0)
@@ -102,7 +99,7 @@ def main() -> None:
                          "shipped": shipped}
             for rule in RULES:
                 for p in dict.fromkeys([phrase, "lesion"] if rule != "exemplars" else [phrase]):  # bank: no text
-                    pipeline = RadVLSMPipeline(predictor, proposers[rule], None)
+                    pipeline = stack.pipeline if rule == "shipped" else pipeline_over(stack, proposers[rule])
                     d, fp = [], []
                     for image, gt, has_lesion in data:
                         res = pipeline.run(image, PipelineOptions(text=p, diagnose=False))

@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,18 +37,24 @@ from PIL import Image as PILImage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import dice  # noqa: E402
+from benchmarks.common import dice, stack_for  # noqa: E402
 from benchmarks.datasets import load  # noqa: E402
 from radvlsm.geometry import mask_to_box  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
-from radvlsm.models import build_backbone  # noqa: E402
 from radvlsm.predictor import Encoded, SegmentPredictor, preprocess  # noqa: E402
 from radvlsm.runtimes import DICE_TOLERANCE, available_runtimes  # noqa: E402
 from radvlsm.runtimes.registry import GATES, SPEED_MARGIN  # noqa: E402
 from radvlsm.service import SamService, write_label  # noqa: E402
+from radvlsm.stack import Stack  # noqa: E402
 from tests.conftest import start_server, stop_server  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+
+
+def predictor_for(stack: Stack, runtime: str) -> SegmentPredictor:
+    """What a server with ``--conf runtime <runtime>`` and ``stack``'s other settings predicts with: a stack of its
+    own (backbone, encoder runtime, empty memory cache; no warm-up)."""
+    return Stack(replace(stack.settings, runtime=runtime)).predictor
 
 
 def runtimes_here(backbone, names: list[str] | None) -> tuple[list[str], dict[str, str]]:
@@ -63,15 +70,16 @@ def runtimes_here(backbone, names: list[str] | None) -> tuple[list[str], dict[st
 
 # ---------------------------------------------------------------- Dice gate (ground-truth boxes) ----------------
 
-def dice_rows(dataset: str, items, backbone, names: list[str], csv_path: Path) -> list[dict]:
+def dice_rows(dataset: str, items, stack: Stack, names: list[str], csv_path: Path) -> list[dict]:
     """Per image and runtime: encode time and Dice of the GT-box mask. Resumes from ``csv_path``."""
+    backbone = stack.predictor.backbone
     done: list[dict] = []
     if csv_path.exists():
         with csv_path.open() as f:
             done = [r for r in csv.DictReader(f) if r["runtime"] in names]
     seen = {(r["case"], r["runtime"]) for r in done}
     # each runtime's own predictor: its encoder and its decoder path (onnx runtimes decode on ONNX Runtime too)
-    predictors = {n: SegmentPredictor(backbone, runtime=n) for n in names}
+    predictors = {n: predictor_for(stack, n) for n in names}
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     new_file = not csv_path.exists()
     with csv_path.open("a", newline="") as f:
@@ -142,11 +150,12 @@ def write_gates(backbone, dataset: str, summary: dict[str, dict], skipped: dict[
     os.replace(tmp, GATES)
 
 
-def run_dice(args, backbone) -> None:
+def run_dice(args, stack: Stack) -> None:
+    backbone = stack.predictor.backbone
     names, skipped = runtimes_here(backbone, args.runtimes)
     items = load(args.dataset)[: args.limit]
     tag = f"{Path(args.dataset).name}_{backbone.name}"
-    rows = dice_rows(args.dataset, items, backbone, names, RESULTS / f"speed_dice_{tag}.csv")
+    rows = dice_rows(args.dataset, items, stack, names, RESULTS / f"speed_dice_{tag}.csv")
     summary = summarise_gates(rows, names, {c for _, _, c in items})
     print(f"Dice with ground-truth boxes, {args.dataset}, {backbone.name}@{backbone.version}, "
           f"gate: |Dice - eager| <= {DICE_TOLERANCE}\n")
@@ -186,10 +195,9 @@ def post(url: str, model: str, params: dict, upload: Path | None = None, image: 
     return ms, r.json()
 
 
-def in_process(backbone, runtime: str, items) -> dict:
+def in_process(stack: Stack, runtime: str, items) -> dict:
     """The sam task's own call (SamService + label write) without HTTP: first (encode) and cached, and GT Dice."""
-    predictor = SegmentPredictor(backbone, runtime=runtime)
-    service = SamService(predictor)
+    service = SamService(predictor_for(stack, runtime))
     first, cached, dices = [], [], []
     for img_path, mask_path, _ in items:
         gt = load_mask(mask_path, load_image(img_path).shape) > 0
@@ -232,7 +240,8 @@ def through_server(runtime: str, items, batch_items, tmp: Path) -> dict:
     return {"first": first, "cached": cached, "pipeline": pipeline, "batch": batch}
 
 
-def run_latency(args, backbone) -> None:
+def run_latency(args, stack: Stack) -> None:
+    backbone = stack.predictor.backbone
     names, skipped = runtimes_here(backbone, args.runtimes or ["eager", "onnx", "onnx_int8"])
     data = load(args.dataset)
     items, batch_items = data[: args.limit], data[args.limit: args.limit + args.batch]
@@ -248,7 +257,7 @@ def run_latency(args, backbone) -> None:
     med = statistics.median
     with tempfile.TemporaryDirectory() as tmp:
         for n in names:
-            local = in_process(backbone, n, items)
+            local = in_process(stack, n, items)
             remote = through_server(n, items, batch_items, Path(tmp) / n)
             overhead = med(remote["cached"]) / med(local["cached"]) - 1
             g = gates.get(n)
@@ -269,13 +278,14 @@ STAGES = {"mask decoder (+ prompt encoder)": "_run_decoder", "mask to image grid
           "label file write": "write_label", "image read": "load_request_image"}
 
 
-def run_profile(args, backbone) -> None:
+def run_profile(args, stack: Stack) -> None:
     """cProfile of the in-process cached ``sam`` call per runtime, and the decoder's FLOPs per prompt."""
     import cProfile
     import pstats
 
     from torch.utils.flop_counter import FlopCounterMode
 
+    backbone = stack.predictor.backbone
     img_path, mask_path, _ = load(args.dataset)[0]
     gt = load_mask(mask_path, load_image(img_path).shape) > 0
     request = {"image": str(img_path), "boxes": [mask_to_box(gt)], "result_extension": ".png"}
@@ -284,7 +294,7 @@ def run_profile(args, backbone) -> None:
     print("| runtime | total ms | " + " | ".join(STAGES) + " | other |")
     print("|---|---|" + "---|" * (len(STAGES) + 1))
     for n in runtimes_here(backbone, args.runtimes or ["eager", "onnx"])[0]:
-        service = SamService(SegmentPredictor(backbone, runtime=n))
+        service = SamService(predictor_for(stack, n))
 
         def call(service=service) -> None:
             res = service.run(request)
@@ -331,13 +341,14 @@ def main() -> None:
     args = ap.parse_args()
     if not args.dice and args.limit is None:
         args.limit = 10
-    backbone = build_backbone(args.backbone, checkpoint=args.checkpoint)
+    # the runtimes compared share these settings (CPU, no disk cache, no warm-up); each runtime gets its own stack
+    stack = stack_for(backbone=args.backbone, checkpoint=args.checkpoint)
     if args.dice:
-        run_dice(args, backbone)
+        run_dice(args, stack)
     elif args.profile:
-        run_profile(args, backbone)
+        run_profile(args, stack)
     else:
-        run_latency(args, backbone)
+        run_latency(args, stack)
 
 
 if __name__ == "__main__":
