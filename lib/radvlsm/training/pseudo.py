@@ -1,11 +1,12 @@
 """VESSA stage 2 at a new site: the site's unlabelled images teach the text proposer through pseudo-labels.
 
-Why this shape (measured at BUS-UCLM, ``work``-free rerun: ``benchmarks/bench_site_adaptation.py --variant
-pseudo``): with 10 of the site's corrections, the served text path finds the lesion (top box IoU >= 0.5) on only
-22 of the 140 other pool images, so its outputs as a whole are no target. But the aggregation's own **mask
-agreement** (the weighted pairwise Dice of the masks its prompts decode to, :class:`radvlsm.aggregation.
-FusedLesion`) ranks them well (ROC AUC 0.84 for "this lesion is right"): the 15 pool images with agreement >= 0.95
-were all lesion images, 12 of them found. So:
+Why this shape (measured at BUS-UCLM, ``benchmarks/bench_site_adaptation.py`` pool, printout
+``benchmarks/recorded/bench_pseudo_signal.md``): with 10 of the site's corrections, the served text path returns a
+lesion on 122 of the 140 other pool images and is right (top box IoU >= 0.5) on only 22, so its outputs as a whole
+are no target. But the aggregation's own **mask agreement** (the weighted pairwise Dice of the masks its prompts
+decode to, :class:`radvlsm.aggregation.FusedLesion`) ranks them well (ROC AUC 0.84 for "this answer is right";
+SAM's predicted IoU 0.76, the match score 0.67): the 14 answers with agreement >= 0.95 were all on lesion images,
+12 of them right. So:
 
 * every run, the current (served) text path runs on the site's unlabelled images (images with no final label);
   a top lesion with agreement >= ``min_agreement`` becomes a pseudo-label: the mask it answered;
