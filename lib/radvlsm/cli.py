@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from radvlsm.defaults import DEFAULT_PHRASE
 from radvlsm.errors import RadVLSMError
 from radvlsm.stack import Settings, Stack
 from radvlsm.versions.locations import default_trained_dir
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     seg = sub.add_parser("segment", help="text -> lesion masks (+ diagnosis) for one or more images",
                          parents=[common])
     seg.add_argument("images", nargs="+")
-    seg.add_argument("--text", default="lesion", help="the phrase (default: the class-agnostic 'lesion')")
+    seg.add_argument("--text", default=DEFAULT_PHRASE, help="the phrase (default: the class-agnostic 'lesion')")
     seg.add_argument("--out", required=True, help="output folder")
     seg.add_argument("--box", nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"),
                      help="use this box instead of the proposals (pixel columns/rows)")

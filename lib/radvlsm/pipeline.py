@@ -7,32 +7,40 @@ User boxes/points override the proposals (boxes) or refine them (points) when gi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from radvlsm.aggregation import AggregationConfig, FusedLesion, SelectionConfig, aggregate
-from radvlsm.geometry import Prompts, box_to_slicer_roi
+from radvlsm.defaults import DEFAULT_PHRASE, DEFAULT_TOP_K
+from radvlsm.geometry import Prompts
 from radvlsm.io import Image2D
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.proposals.base import BoxProposer, Candidate
-from radvlsm.proposals.phrases import DEFAULT_PHRASE
+from radvlsm.results import LesionResult, SegmentationResult
 from radvlsm.text import validate_text
 
 
 @dataclass
 class PipelineOptions:
-    text: str = DEFAULT_PHRASE
-    top_k: int = 3
-    diagnose: bool = True
-    max_lesions: int = 3
-    #: a further lesion is kept only if its reliability is at least this share of the best one's
-    relative_score: float = 0.85
-    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    """``max_lesions`` / ``relative_score`` (keywords kept for callers) set those fields of ``selection``, which
+    holds the lesion-selection settings once (:class:`radvlsm.aggregation.SelectionConfig` and its defaults)."""
 
-    def selection(self) -> SelectionConfig:
-        return SelectionConfig(max_lesions=self.max_lesions, relative=self.relative_score)
+    text: str = DEFAULT_PHRASE
+    top_k: int = DEFAULT_TOP_K
+    diagnose: bool = True
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    max_lesions: InitVar[int | None] = None
+    #: a further lesion is kept only if its reliability is at least this share of the best one's
+    relative_score: InitVar[float | None] = None
+
+    def __post_init__(self, max_lesions: int | None, relative_score: float | None) -> None:
+        if max_lesions is not None:
+            self.selection = replace(self.selection, max_lesions=max_lesions)
+        if relative_score is not None:
+            self.selection = replace(self.selection, relative=relative_score)
 
 
 @dataclass
@@ -40,7 +48,8 @@ class PipelineResult:
     label: np.ndarray  # (rows, cols) uint8, lesion i labelled i+1 (0 background); all zero if nothing found
     lesions: list[FusedLesion]
     diagnoses: list[Any]
-    result: dict[str, Any]
+    result: dict[str, Any]  # ``summary.to_json()``: the served JSON (the request-level tasks add their keys)
+    summary: SegmentationResult | None = None  # the same, typed (radvlsm.results)
 
 
 class RadVLSMPipeline:
@@ -69,7 +78,7 @@ class RadVLSMPipeline:
         times["propose"] = (time.perf_counter() - t1) * 1e3
         t2 = time.perf_counter()
         # The user's boxes are all kept; proposals are ranked and filtered by reliability.
-        sel = SelectionConfig(max_lesions=len(candidates), relative=0.0) if user_boxes else opts.selection()
+        sel = SelectionConfig(max_lesions=len(candidates), relative=0.0) if user_boxes else opts.selection
         lesions = aggregate(self.predictor, enc, candidates, opts.aggregation, sel,
                             None if user_boxes else proposal.heatmap)
         if prompts is not None and len(prompts.points) and lesions:
@@ -84,27 +93,23 @@ class RadVLSMPipeline:
         label = np.zeros(image.shape, np.uint8)
         for i, lesion in enumerate(lesions):
             label[lesion.mask] = i + 1
-        result = {
-            "text": text,
-            "found": bool(lesions),
-            "match_score": round(proposal.match_score, 4),
-            "prompt_source": "user" if user_boxes else proposal.backend,
-            "proposer_version": proposal.version or None,
-            "lesions": [self._lesion_json(i, lesion, diagnoses[i] if diagnoses else None)
-                        for i, lesion in enumerate(lesions)],
-            "cache_hit": enc.cache_hit,
-            "encodes": 0 if enc.cache_hit else 1,
-            "latencies_ms": {k: round(v, 1) for k, v in times.items()},
-            "image_shape": list(image.shape),
-        }
-        if proposal.notes and not user_boxes:
-            result["notes"] = list(proposal.notes)
-        if not lesions:
-            result["message"] = (f"no lesion found for '{text}' (image-text match {proposal.match_score:.2f}); "
-                                 "the label is empty")
-        if opts.diagnose and self.diagnoser is None:
-            result["diagnosis_note"] = "no diagnosis head is loaded"
-        return PipelineResult(label, lesions, diagnoses, result)
+        summary = SegmentationResult(
+            text=text,
+            match_score=round(proposal.match_score, 4),
+            prompt_source="user" if user_boxes else proposal.backend,
+            proposer_version=proposal.version or None,
+            lesions=[LesionResult.from_lesion(i, lesion, diagnoses[i] if diagnoses else None)
+                     for i, lesion in enumerate(lesions)],
+            cache_hit=enc.cache_hit,
+            encodes=0 if enc.cache_hit else 1,
+            latencies_ms={k: round(v, 1) for k, v in times.items()},
+            image_shape=list(image.shape),
+            notes=list(proposal.notes) if proposal.notes and not user_boxes else None,
+            message=None if lesions else (f"no lesion found for '{text}' (image-text match "
+                                          f"{proposal.match_score:.2f}); the label is empty"),
+            diagnosis_note="no diagnosis head is loaded" if opts.diagnose and self.diagnoser is None else None,
+        )
+        return PipelineResult(label, lesions, diagnoses, summary.to_json(), summary)
 
     def _apply_clicks(self, enc, lesions: list[FusedLesion], prompts: Prompts) -> list[FusedLesion]:
         """Clicks refine the lesion whose box they fall in: box + clicks decoded once more, replacing its mask."""
@@ -119,16 +124,3 @@ class RadVLSMPipeline:
                 lesion.mask = masks[0]
                 lesion.prompts.append({"kind": "clicks", "n": int(sel.sum()), "predicted_iou": round(float(iou[0]), 4)})
         return lesions
-
-    @staticmethod
-    def _lesion_json(i: int, lesion: FusedLesion, diagnosis: Any | None) -> dict[str, Any]:
-        ys, xs = np.nonzero(lesion.mask)
-        box = [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
-        out = {"label": i + 1, "box": box, "roi": box_to_slicer_roi(box), "area_px": int(lesion.mask.sum()),
-               "proposal_score": round(lesion.score, 4), "reliability": round(lesion.reliability, 4),
-               "agreement": round(lesion.agreement, 4),
-               "uncertainty": round(lesion.uncertainty, 4), "n_prompts": len(lesion.prompts),
-               "prompts": lesion.prompts}
-        if diagnosis is not None:
-            out["diagnosis"] = diagnosis.to_json()
-        return out

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from radvlsm.aggregation import SelectionConfig
+from radvlsm.defaults import DEFAULT_PHRASE, DEFAULT_TOP_K
 from radvlsm.errors import InputError
 from radvlsm.geometry import parse_prompts
 from radvlsm.io import load_mask
@@ -17,13 +19,14 @@ CLASSES = ("benign", "malignant")
 
 
 def pipeline_options(request: dict[str, Any], default_text: str) -> PipelineOptions:
-    return PipelineOptions(text=request.get("text", default_text), top_k=get_int(request, "top_k", 3, 1, 20),
+    return PipelineOptions(text=request.get("text", default_text),
+                           top_k=get_int(request, "top_k", DEFAULT_TOP_K, 1, 20),
                            diagnose=get_bool(request, "diagnose", True),
-                           max_lesions=get_int(request, "max_lesions", 3, 1, 20))
+                           max_lesions=get_int(request, "max_lesions", SelectionConfig.max_lesions, 1, 20))
 
 
 class PipelineService:
-    def __init__(self, pipeline: RadVLSMPipeline, default_text: str = "lesion"):
+    def __init__(self, pipeline: RadVLSMPipeline, default_text: str = DEFAULT_PHRASE):
         self.pipeline = pipeline
         self.default_text = default_text
 
@@ -56,7 +59,7 @@ def classification_json(diagnoses: list[Any]) -> dict[str, Any]:
 class DiagnosisService:
     """Diagnose the lesion(s) of a given mask (uploaded or stored), or of the pipeline's own mask."""
 
-    def __init__(self, pipeline: RadVLSMPipeline, default_text: str = "lesion"):
+    def __init__(self, pipeline: RadVLSMPipeline, default_text: str = DEFAULT_PHRASE):
         self.pipeline = pipeline
         self.default_text = default_text
 

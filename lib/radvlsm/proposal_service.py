@@ -12,7 +12,7 @@ from radvlsm.geometry import box_to_slicer_roi
 from radvlsm.markups import roi_markups
 from radvlsm.params import get_bool, get_int
 from radvlsm.predictor import SegmentPredictor
-from radvlsm.proposals.base import BoxProposer, Proposal
+from radvlsm.proposals.base import DEFAULT_TOP_K, BoxProposer, Proposal
 from radvlsm.proposals.phrases import DEFAULT_PHRASE
 from radvlsm.proposals.refine import refine_candidates
 from radvlsm.service import LabelResult, load_request_image
@@ -49,7 +49,7 @@ class ProposalService:
         """The loaded image, each backend's proposal, and the JSON result (candidates merged, best first)."""
         t0 = time.perf_counter()
         text = validate_text(request.get("text", self.default_text))
-        top_k = get_int(request, "top_k", 3, 1, 20)
+        top_k = get_int(request, "top_k", DEFAULT_TOP_K, 1, 20)
         refine = request.get("refine")
         refine = None if refine is None else get_bool(request, "refine", True)
         backends = requested_backends(request, self.proposers, self.default_backend)

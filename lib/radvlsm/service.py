@@ -10,7 +10,6 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,18 +19,11 @@ from radvlsm.geometry import box_to_slicer_roi, parse_prompts
 from radvlsm.io import PIL_SUFFIXES, Image2D, file_suffix, load_image, save_mask
 from radvlsm.params import get_bool, get_choice
 from radvlsm.predictor import SegmentPredictor
+from radvlsm.results import LabelResult  # noqa: F401  (re-exported: the tasks' answer type)
 
 RESULT_EXTENSIONS = [".png", ".nrrd", ".nii.gz", ".nii", ".mha"]
 RESULT_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "int16": np.int16, "int32": np.int32,
                  "float32": np.float32}
-
-
-@dataclass
-class LabelResult:
-    label: np.ndarray | None  # (rows, cols) integer labels; None when the task returns JSON only
-    image: Image2D
-    result: dict[str, Any]
-    markups: dict[str, Any] | None = None  # boxes as Slicer markups (the file a detection task returns)
 
 
 def load_request_image(request: dict[str, Any]) -> Image2D:

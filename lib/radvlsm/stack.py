@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from radvlsm.defaults import DEFAULT_PHRASE
 from radvlsm.versions.locations import decoder_store, head_store, proposer_store
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class Settings:
     trained_dir: str | None = None
     qformer_checkpoint: str | None = None
     diagnosis_dir: str | None = None
-    text: str = "lesion"
+    text: str = DEFAULT_PHRASE
     site_exemplars: bool = False
     template_exemplars: int = 200
     blip2_path: str | None = None
@@ -86,7 +87,7 @@ class Settings:
             trained_dir=conf.get("trained_dir") or None,
             qformer_checkpoint=conf.get("qformer_checkpoint") or None,
             diagnosis_dir=conf.get("diagnosis_dir") or None,
-            text=conf.get("text", "lesion"),
+            text=conf.get("text", DEFAULT_PHRASE),
             # --conf site_exemplars true: the pipeline is helped by the site's exemplars (off by default)
             site_exemplars=conf.get("site_exemplars", "false").lower() == "true",
             template_exemplars=int(conf.get("template_exemplars", "200")),

@@ -11,6 +11,7 @@ from typing import Any
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 
+from radvlsm.defaults import DEFAULT_PHRASE
 from radvlsm.io import load_image
 from radvlsm.training import uncertainty as al
 
@@ -21,7 +22,7 @@ class UncertaintyScoring(ScoringMethod):
     """Scores the unlabelled images that have no score yet, or one from an older decoder or proposer
     (``max_images`` per run, 0 = all); ``force=true`` rescores everything."""
 
-    def __init__(self, pipeline_fn, text: str = "lesion"):
+    def __init__(self, pipeline_fn, text: str = DEFAULT_PHRASE):
         super().__init__("Pipeline uncertainty per unlabelled image: mean of (1 - candidate agreement), "
                          "(1 - predicted IoU), (1 - image-text match); stored in the image info")
         self.pipeline_fn = pipeline_fn

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from radvlsm.defaults import DEFAULT_PHRASE
 from radvlsm.io import load_image, load_mask
 from radvlsm.proposals.site_exemplars import SiteExemplars
 from radvlsm.stack import Settings, Stack
@@ -26,7 +27,7 @@ def shared_stack(conf: dict[str, str], model_dir: str) -> Stack:
         return _stacks[settings]
 
 
-def learn_final_label(site: SiteExemplars, datastore, image_id: str, text=None, phrase: str = "lesion") -> None:
+def learn_final_label(site: SiteExemplars, datastore, image_id: str, text=None, phrase: str = DEFAULT_PHRASE) -> None:
     """A saved final label joins the site's exemplars (scored first against ``text``, the served text proposer);
     a bad stored label must not break saving or serving, so it is logged and skipped."""
     try:
@@ -39,7 +40,7 @@ def learn_final_label(site: SiteExemplars, datastore, image_id: str, text=None, 
         logger.warning(f"site exemplars: skipped {image_id}: {exc}")
 
 
-def learn_saved_labels(site: SiteExemplars, datastore, text=None, phrase: str = "lesion") -> None:
+def learn_saved_labels(site: SiteExemplars, datastore, text=None, phrase: str = DEFAULT_PHRASE) -> None:
     """At start-up: the final labels already saved, in the background (each is encoded)."""
     ids = sorted(datastore.get_labeled_images(label_tag="final"))
     if ids:

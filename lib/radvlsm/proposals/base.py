@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from radvlsm.defaults import DEFAULT_TOP_K
 from radvlsm.io import Image2D
 from radvlsm.predictor import Encoded
 
@@ -55,7 +56,8 @@ class BoxProposer(Protocol):
     #: whether the proposal service snaps this backend's boxes to the lesion with one decoder pass by default
     refine_by_default: bool
 
-    def propose(self, image: Image2D, text: str, top_k: int = 3, encoded: Encoded | None = None) -> Proposal: ...
+    def propose(self, image: Image2D, text: str, top_k: int = DEFAULT_TOP_K,
+                encoded: Encoded | None = None) -> Proposal: ...
 
 
 ProposerBuilder = Callable[..., BoxProposer]

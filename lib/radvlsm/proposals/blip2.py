@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from radvlsm.errors import CheckpointError
 from radvlsm.io import Image2D
 from radvlsm.predictor import Encoded
-from radvlsm.proposals.base import Candidate, Proposal, register_proposer
+from radvlsm.proposals.base import DEFAULT_TOP_K, Candidate, Proposal, register_proposer
 from radvlsm.proposals.boxes import heatmap_boxes
 
 DEFAULT_MODEL_ID = "Salesforce/blip2-itm-vit-g"
@@ -170,7 +170,8 @@ class Blip2Proposer:
         cam = cam_from_attention(captured[0].detach(), grad.detach()).cpu()
         return cam, float(torch.softmax(logits.detach(), dim=1)[0, 1])
 
-    def propose(self, image: Image2D, text: str, top_k: int = 3, encoded: Encoded | None = None) -> Proposal:
+    def propose(self, image: Image2D, text: str, top_k: int = DEFAULT_TOP_K,
+                encoded: Encoded | None = None) -> Proposal:
         t0 = time.perf_counter()
         cam, match = self.gradcam(image, text)
         t1 = time.perf_counter()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-DEFAULT_PHRASE = "lesion"
+from radvlsm.defaults import DEFAULT_PHRASE  # noqa: F401  (re-exported: the phrase used at inference)
 
 DOMAINS: dict[str, dict[str, list[str]]] = {
     "breast": {

@@ -21,7 +21,7 @@ from radvlsm.errors import CheckpointError
 from radvlsm.io import Image2D
 from radvlsm.models.registry import file_version
 from radvlsm.predictor import Encoded, SegmentPredictor
-from radvlsm.proposals.base import Candidate, Proposal, register_proposer
+from radvlsm.proposals.base import DEFAULT_TOP_K, Candidate, Proposal, register_proposer
 from radvlsm.proposals.boxes import heatmap_boxes, nms
 from radvlsm.proposals.qformer_model import QFormerLite, QFormerLiteConfig
 from radvlsm.text import TextEncoder, shared_text_encoder, validate_text
@@ -132,7 +132,8 @@ class QFormerLiteProposer:
         box = np.clip(box, 0, [cols - 1, rows - 1, cols - 1, rows - 1]).astype(np.float32)
         return float(out["itm"].sigmoid()[0]), heat.cpu().numpy().astype(np.float32), box
 
-    def propose(self, image: Image2D, text: str, top_k: int = 3, encoded: Encoded | None = None) -> Proposal:
+    def propose(self, image: Image2D, text: str, top_k: int = DEFAULT_TOP_K,
+                encoded: Encoded | None = None) -> Proposal:
         text = validate_text(text)
         t0 = time.perf_counter()
         enc = encoded or self.predictor.encode(image)

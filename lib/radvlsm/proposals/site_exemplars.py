@@ -40,7 +40,7 @@ import numpy as np
 from radvlsm.geometry import mask_to_box
 from radvlsm.io import Image2D
 from radvlsm.predictor import Encoded
-from radvlsm.proposals.base import BoxProposer, Candidate, Proposal
+from radvlsm.proposals.base import DEFAULT_TOP_K, BoxProposer, Candidate, Proposal
 from radvlsm.proposals.boxes import box_iou
 from radvlsm.proposals.phrases import DEFAULT_PHRASE
 from radvlsm.proposals.template import TemplateProposer
@@ -152,7 +152,8 @@ class ExemplarAssistedProposer:
         """A final label of the site: scored against both sources, then an exemplar."""
         return self.site.learn(case_id, image, mask, self.text, self.phrase)
 
-    def propose(self, image: Image2D, text: str, top_k: int = 3, encoded: Encoded | None = None) -> Proposal:
+    def propose(self, image: Image2D, text: str, top_k: int = DEFAULT_TOP_K,
+                encoded: Encoded | None = None) -> Proposal:
         proposal = self.text.propose(image, text, top_k=top_k, encoded=encoded)
         rel = self.site.reliability(proposal.version)  # scores of the version that answered
         if rel is None or not proposal.candidates:

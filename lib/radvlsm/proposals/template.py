@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from radvlsm.io import Image2D, atomic_write, load_image, load_mask
 from radvlsm.predictor import Encoded, SegmentPredictor
-from radvlsm.proposals.base import Candidate, Proposal, register_proposer
+from radvlsm.proposals.base import DEFAULT_TOP_K, Candidate, Proposal, register_proposer
 from radvlsm.proposals.boxes import heatmap_boxes
 
 _LOG = logging.getLogger(__name__)
@@ -270,7 +270,8 @@ class TemplateProposer:
             prob = torch.from_numpy(ndimage.gaussian_filter(prob.numpy(), self.smooth, mode="nearest"))
         return prob
 
-    def propose(self, image: Image2D, text: str = "", top_k: int = 3, encoded: Encoded | None = None) -> Proposal:
+    def propose(self, image: Image2D, text: str = "", top_k: int = DEFAULT_TOP_K,
+                encoded: Encoded | None = None) -> Proposal:
         """Ranked candidate boxes for the lesion the exemplars show; ``text`` is not used to localise."""
         t0 = time.perf_counter()
         if not len(self):

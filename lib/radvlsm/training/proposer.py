@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from radvlsm.defaults import DEFAULT_PHRASE
 from radvlsm.geometry import mask_to_box
 from radvlsm.predictor import Encoded
 from radvlsm.proposals.boxes import box_iou
@@ -259,7 +260,7 @@ def _iou_stats(outcomes: list[Outcome], threshold: float) -> tuple[float, float]
 
 
 def fine_tune_proposer(proposer, items: list[Item], store: ProposerStore, cfg: ProposerConfig | None = None,
-                       text: str = "lesion", extra: list[Item] | None = None) -> ProposerRun:
+                       text: str = DEFAULT_PHRASE, extra: list[Item] | None = None) -> ProposerRun:
     """Teach a copy of the served proposer the site's labelled ``items`` (lesion-free ones included); publish into
     ``store`` if out-of-fold it beats the served proposer with confidence (module docstring).
 

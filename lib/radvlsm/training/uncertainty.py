@@ -16,7 +16,12 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from radvlsm.defaults import DEFAULT_PHRASE
+
+if TYPE_CHECKING:
+    from radvlsm.results import SegmentationResult
 
 SCORE_KEY = "radvlsm_uncertainty"
 
@@ -39,15 +44,27 @@ def _top_prompt_iou(lesion: dict[str, Any]) -> float | None:
     return float(max(ious)) if ious else None
 
 
-def uncertainty_from_result(result: dict[str, Any]) -> Uncertainty:
-    """The score of one pipeline result JSON (``RadVLSMPipeline.run(...).result``)."""
+def uncertainty_from_result(result: SegmentationResult | dict[str, Any]) -> Uncertainty:
+    """The score of one pipeline result (``RadVLSMPipeline.run(...).summary``), read from its typed fields; a
+    result JSON (``.result``, e.g. one stored or served) is read by :func:`uncertainty_from_json`."""
+    if isinstance(result, dict):
+        return uncertainty_from_json(result)
+    top = result.lesions[0] if result.lesions else None
+    if top is None:
+        return Uncertainty(1.0, None, None, float(result.match_score))
+    return _uncertainty(float(result.match_score), top.agreement, top.best_predicted_iou)
+
+
+def uncertainty_from_json(result: dict[str, Any]) -> Uncertainty:
+    """The score of one pipeline result JSON (the keys :meth:`SegmentationResult.to_json` writes)."""
     match = float(result.get("match_score") or 0.0)
     lesions = result.get("lesions") or []
     if not lesions:
         return Uncertainty(1.0, None, None, match)
-    top = lesions[0]
-    agreement = top.get("agreement")
-    iou = _top_prompt_iou(top)
+    return _uncertainty(match, lesions[0].get("agreement"), _top_prompt_iou(lesions[0]))
+
+
+def _uncertainty(match: float, agreement: float | None, iou: float | None) -> Uncertainty:
     terms = [1 - match]
     if agreement is not None:
         terms.append(1 - float(agreement))
@@ -56,11 +73,12 @@ def uncertainty_from_result(result: dict[str, Any]) -> Uncertainty:
     return Uncertainty(float(sum(terms) / len(terms)), agreement, iou, match)
 
 
-def score_image(pipeline, image, text: str = "lesion") -> Uncertainty:
+def score_image(pipeline, image, text: str = DEFAULT_PHRASE) -> Uncertainty:
     """Run the pipeline (no diagnosis) on an image and score it."""
     from radvlsm.pipeline import PipelineOptions
 
-    return uncertainty_from_result(pipeline.run(image, PipelineOptions(text=text, diagnose=False)).result)
+    res = pipeline.run(image, PipelineOptions(text=text, diagnose=False))
+    return uncertainty_from_result(res.summary if res.summary is not None else res.result)
 
 
 def stored_score(info: dict[str, Any]) -> float | None:

@@ -17,6 +17,7 @@ import torch
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.train import TrainTask
 
+from radvlsm.defaults import DEFAULT_PHRASE
 from radvlsm.errors import InputError
 from radvlsm.params import check_known, get_bool, get_int
 from radvlsm.pipeline import RadVLSMPipeline
@@ -51,7 +52,7 @@ def _alive(pid: Any) -> bool:
 
 class RadVLSMTrain(TrainTask):
     def __init__(self, predictor: SegmentPredictor, store: DecoderStore, proposer=None,
-                 proposer_store: ProposerStore | None = None, text: str = "lesion",
+                 proposer_store: ProposerStore | None = None, text: str = DEFAULT_PHRASE,
                  pseudo_store: PseudoLabelStore | None = None):
         super().__init__(DESCRIPTION)
         self.predictor = predictor
