@@ -130,7 +130,7 @@ class Loop:
         state = json.loads(state_path.read_text()) if state_path.exists() else {"labelled": [], "rounds": []}
         store = DecoderStore(work / "sam_decoder")
         self.predictor.backbone.load_state_dict(self.shipped, strict=False)  # undo the other strategy's decoder
-        self.predictor.decoder_watcher = DecoderWatcher(store, self.predictor.backbone, self.predictor._lock)
+        self.predictor.decoder_watcher = DecoderWatcher(store, self.predictor.backbone, self.predictor.lock)
         self.predictor.decoder_watcher.refresh()  # this strategy's last published version, if any
         proposer_store = ProposerStore(work / "qformer_lite") if self.args.train_proposer else None
         self.proposer.model.load_state_dict(self.shipped_proposer)

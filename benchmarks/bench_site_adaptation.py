@@ -99,7 +99,7 @@ class Curve:
             "labelled": [], "rounds": [], "options": args.options}
         self.predictor = SegmentPredictor(build_backbone("litemedsam"), disk_cache=DISK_CACHE, runtime="auto")
         self.decoders = DecoderStore(self.work / "sam_decoder")
-        self.predictor.decoder_watcher = DecoderWatcher(self.decoders, self.predictor.backbone, self.predictor._lock)
+        self.predictor.decoder_watcher = DecoderWatcher(self.decoders, self.predictor.backbone, self.predictor.lock)
         self.predictor.decoder_watcher.refresh()
         self.proposers = ProposerStore(self.work / "qformer_lite")
         self.proposer = build_proposer("qformer_lite", predictor=self.predictor, checkpoint=str(self.start),

@@ -156,7 +156,7 @@ def test_second_concurrent_run_is_refused(tmp_path, fresh):
 def test_published_decoder_is_picked_up_live_and_restorable(tmp_path, fresh):
     """A predictor serving from a store uses a newly published decoder on its next decode, without restart."""
     store = DecoderStore(tmp_path / "store")
-    fresh.decoder_watcher = DecoderWatcher(store, fresh.backbone, fresh._lock)
+    fresh.decoder_watcher = DecoderWatcher(store, fresh.backbone, fresh.lock)
     image = load_image(SAMPLES / "images" / "bus_0075-r.png")
     enc = fresh.encode(image)
     box = np.array(tight_box("bus_0075-r"))
@@ -178,7 +178,7 @@ def test_checkpoint_of_another_backbone_is_not_loaded(tmp_path, fresh):
     store = DecoderStore(tmp_path / "store")
     state = {k: v + 1 for k, v in decoder_state(fresh.backbone).items()}
     store.publish(state, "litemedsam", "some-other-encoder", {})
-    watcher = DecoderWatcher(store, fresh.backbone, fresh._lock)
+    watcher = DecoderWatcher(store, fresh.backbone, fresh.lock)
     assert watcher.refresh() == SHIPPED
     assert torch.equal(decoder_state(fresh.backbone)["mask_decoder.iou_token.weight"],
                        watcher.shipped["mask_decoder.iou_token.weight"])

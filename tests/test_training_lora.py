@@ -71,7 +71,7 @@ def test_backbones_without_a_split_are_a_clear_error(predictor):
 def test_adapted_encoder_is_published_and_serves_the_decoder_only(tmp_path, predictor):
     store = DecoderStore(tmp_path / "sam_decoder")
     shipped_decoder = decoder_state(predictor.backbone)
-    predictor.decoder_watcher = DecoderWatcher(store, predictor.backbone, predictor._lock)
+    predictor.decoder_watcher = DecoderWatcher(store, predictor.backbone, predictor.lock)
     try:
         image = load_image(SAMPLES / "images" / f"{IMAGE}.png")
         shipped = predictor.encode(image)

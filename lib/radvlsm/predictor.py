@@ -125,6 +125,12 @@ class SegmentPredictor:
         return self.decoder_watcher.refresh()
 
     @property
+    def lock(self) -> threading.Lock:
+        """The lock every forward pass of the shared torch modules holds (a watcher swapping weights, a warm-up
+        or another runtime's pass take it too)."""
+        return self._lock
+
+    @property
     def device(self) -> torch.device:
         return self.backbone.device
 

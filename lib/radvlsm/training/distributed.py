@@ -54,7 +54,7 @@ def _worker(rank: int, world: int, job: DistJob) -> None:
                                      disk_cache=job.disk_cache)
         store = DecoderStore(job.store_root)
         # serve the store's version (an adapted encoder included), as the launching server does
-        predictor.decoder_watcher = DecoderWatcher(store, predictor.backbone, predictor._lock)
+        predictor.decoder_watcher = DecoderWatcher(store, predictor.backbone, predictor.lock)
         predictor.decoder_watcher.refresh()
         result = fine_tune(predictor, job.samples, store, TrainConfig(**job.config))
         if rank == 0:
