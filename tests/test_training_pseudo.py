@@ -163,3 +163,12 @@ def test_the_train_task_pseudo_labels_only_unlabelled_images(tmp_path, predictor
         assert np.array_equal(load_mask(ds.get_label_uri(i, "final")), before[i])
     assert not (studies / "labels" / "pseudo").exists()
     assert sorted(ds.get_labeled_images()) == sorted(IDS)  # pseudo-labelled images still count as unlabelled
+
+
+def test_an_unreadable_unlabelled_image_is_skipped(tmp_path, text_path):
+    """A corrupt image among the unlabelled ones is logged and skipped; the others are still answered."""
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    store = PseudoLabelStore(tmp_path / "pseudo")
+    make_pseudo_labels(text_path, [("broken", str(broken)), *unlabelled(1)], 2, store, min_agreement=0.0)
+    assert set(store.answers()) == {UNLABELLED[0]} and store.stats()["scored"] == 2

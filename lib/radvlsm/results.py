@@ -16,6 +16,12 @@ from radvlsm.geometry import box_to_slicer_roi
 from radvlsm.io import Image2D
 
 
+def best_predicted_iou(prompts: list[dict[str, Any]]) -> float | None:
+    """SAM's highest predicted IoU among a lesion's prompts (None when no prompt has one)."""
+    ious = [p.get("predicted_iou") for p in prompts if p.get("predicted_iou") is not None]
+    return float(max(ious)) if ious else None
+
+
 @dataclass
 class LesionResult:
     """One lesion of a pipeline result (lesion i is labelled ``i + 1`` in the label map)."""
@@ -41,8 +47,7 @@ class LesionResult:
     @property
     def best_predicted_iou(self) -> float | None:
         """SAM's highest predicted IoU among the lesion's prompts (None when no prompt has one)."""
-        ious = [p.get("predicted_iou") for p in self.prompts if p.get("predicted_iou") is not None]
-        return float(max(ious)) if ious else None
+        return best_predicted_iou(self.prompts)
 
     def to_json(self) -> dict[str, Any]:
         out = {"label": self.label, "box": self.box, "roi": box_to_slicer_roi(self.box), "area_px": self.area_px,

@@ -37,7 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
+from radvlsm.defaults import DEFAULT_PHRASE
+from radvlsm.errors import ImageReadError
 from radvlsm.io import load_image, save_mask
+from radvlsm.results import best_predicted_iou
 from radvlsm.training.data import TrainSample, id_hash
 from radvlsm.versions import atomic_write_json
 
@@ -57,6 +60,9 @@ class Answer:
     proposer_version: str
     text: str
     ts: float
+
+    def confident(self, min_agreement: float) -> bool:
+        return self.agreement is not None and self.agreement >= min_agreement
 
     def same_source(self, decoder_version: str, proposer_version: str, text: str) -> bool:
         return (self.decoder_version, self.proposer_version, self.text) == (decoder_version, proposer_version, text)
@@ -112,18 +118,18 @@ def _answer(pipeline, image_id: str, path: str | Path, text: str, versions: tupl
             ) -> tuple[Answer, np.ndarray | None]:
     from radvlsm.pipeline import PipelineOptions
 
+    # the predictor's byte-bounded cache keeps memory flat; the kept images' embeddings are then reused by training
     result = pipeline.run(load_image(path), PipelineOptions(text=text, diagnose=False))
-    pipeline.predictor.cache.clear()  # one pass over many images: keep memory flat (the disk cache stays)
     top = result.lesions[0] if result.lesions else None
     if top is None or top.mask is None or len(top.prompts) < 2:  # one prompt: agreement is 1 by definition
         return Answer(image_id, None, None, *versions, text, time.time()), None
-    ious = [p.get("predicted_iou") for p in top.prompts if p.get("predicted_iou") is not None]
-    return Answer(image_id, round(float(top.agreement), 5), round(float(max(ious)), 5) if ious else None, *versions,
+    iou = best_predicted_iou(top.prompts)
+    return Answer(image_id, round(float(top.agreement), 5), None if iou is None else round(iou, 5), *versions,
                   text, time.time()), top.mask
 
 
 def make_pseudo_labels(pipeline, unlabelled: Iterable[tuple[str, str | Path]], limit: int,
-                       store: PseudoLabelStore, text: str = "lesion", min_agreement: float = MIN_AGREEMENT,
+                       store: PseudoLabelStore, text: str = DEFAULT_PHRASE, min_agreement: float = MIN_AGREEMENT,
                        max_images: int = 0) -> list[TrainSample]:
     """Answer ``unlabelled`` ``(image id, image path)`` pairs with the served text path (``max_images`` > 0: that
     many, a stable hash-ordered subset; answers of the still-served versions are reused), keep the ``limit`` most
@@ -139,15 +145,18 @@ def make_pseudo_labels(pipeline, unlabelled: Iterable[tuple[str, str | Path]], l
     reused = 0
     for image_id, path in sorted(paths.items()):
         old = previous.get(image_id)
-        confident = old is not None and old.agreement is not None and old.agreement >= min_agreement
         if old is not None and old.same_source(*versions, text) and (
-                not confident or store.mask_path(image_id).is_file()):
+                not old.confident(min_agreement) or store.mask_path(image_id).is_file()):
             answers[image_id], reused = old, reused + 1
             continue
-        answers[image_id], mask = _answer(pipeline, image_id, path, text, versions)
-        if mask is not None and answers[image_id].agreement >= min_agreement:
+        try:
+            answers[image_id], mask = _answer(pipeline, image_id, path, text, versions)
+        except ImageReadError as exc:  # an unreadable unlabelled image must not stop training on the labelled ones
+            logger.warning(f"pseudo-labels: {image_id} skipped: {exc}")
+            continue
+        if answers[image_id].confident(min_agreement):
             store.save_mask(image_id, mask)
-    confident = {k for k, a in answers.items() if a.agreement is not None and a.agreement >= min_agreement}
+    confident = {k for k, a in answers.items() if a.confident(min_agreement)}
     kept = sorted(confident, key=lambda k: (-answers[k].agreement, k))[:max(limit, 0)]
     stats = {"scored": len(paths), "reused": reused, "confident": len(confident), "kept": len(kept), "limit": limit,
              "min_agreement": min_agreement, "text": text, "decoder_version": versions[0],

@@ -16,12 +16,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from radvlsm.defaults import DEFAULT_PHRASE
-
-if TYPE_CHECKING:
-    from radvlsm.results import SegmentationResult
+from radvlsm.results import SegmentationResult, best_predicted_iou
 
 SCORE_KEY = "radvlsm_uncertainty"
 
@@ -37,11 +35,6 @@ class Uncertainty:
         return {"score": round(self.score, 5), "agreement": self.agreement, "predicted_iou": self.predicted_iou,
                 "match_score": round(self.match_score, 5), "decoder_version": decoder_version,
                 "proposer_version": proposer_version, "ts": ts}
-
-
-def _top_prompt_iou(lesion: dict[str, Any]) -> float | None:
-    ious = [p.get("predicted_iou") for p in lesion.get("prompts", []) if p.get("predicted_iou") is not None]
-    return float(max(ious)) if ious else None
 
 
 def uncertainty_from_result(result: SegmentationResult | dict[str, Any]) -> Uncertainty:
@@ -61,7 +54,7 @@ def uncertainty_from_json(result: dict[str, Any]) -> Uncertainty:
     lesions = result.get("lesions") or []
     if not lesions:
         return Uncertainty(1.0, None, None, match)
-    return _uncertainty(match, lesions[0].get("agreement"), _top_prompt_iou(lesions[0]))
+    return _uncertainty(match, lesions[0].get("agreement"), best_predicted_iou(lesions[0].get("prompts", [])))
 
 
 def _uncertainty(match: float, agreement: float | None, iou: float | None) -> Uncertainty:
