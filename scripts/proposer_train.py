@@ -189,9 +189,15 @@ def main() -> None:
     ap.add_argument("--runtime", default=None,
                     help="embed with the project's encoder runtime (e.g. onnx on a CPU), resumable in the pack dir")
     ap.add_argument("--no-mirror", action="store_true", help="one view per image (the pack holds flipped copies)")
+    ap.add_argument("--context", type=int, default=0, metavar="CHANNELS",
+                    help="add the relevance map's context head with this many channels (0: linear map only)")
+    ap.add_argument("--freeze-qformer", action="store_true",
+                    help="train the heads only (the Q-Former and projections stay as --init left them)")
     args = ap.parse_args()
     if args.epochs == 0 and args.init is None:
         ap.error("--epochs 0 only recalibrates a checkpoint: give it with --init")
+    if args.freeze_qformer and args.init is None:
+        ap.error("--freeze-qformer trains heads over a trained Q-Former: give it with --init")
     torch.manual_seed(0)
     rng = random.Random(0)
     t0 = time.time()
@@ -208,12 +214,22 @@ def main() -> None:
     train_ids = [i for i, r in enumerate(records) if source_id(r["id"]) not in val_groups]
     sets = [PhraseSet(r["positives"], r["negatives"]) for r in records]
 
-    model = QFormerLite(QFormerLiteConfig()).to(args.device)
+    cfg = QFormerLiteConfig(context_channels=args.context)
     if args.init is not None:
         init = torch.load(args.init, map_location="cpu", weights_only=True)
-        model.load_state_dict({k: v.float() for k, v in init["state_dict"].items()})
-        print(f"fine-tuning from {args.init}", flush=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+        cfg = QFormerLiteConfig(**{**init["config"], **({"context_channels": args.context} if args.context else {})})
+    model = QFormerLite(cfg).to(args.device)
+    if args.init is not None:
+        missing, unexpected = model.load_state_dict({k: v.float() for k, v in init["state_dict"].items()},
+                                                    strict=False)
+        if unexpected or any(not k.startswith("context.") for k in missing):
+            raise SystemExit(f"{args.init} does not fit this architecture: missing {missing}, unexpected {unexpected}")
+        print(f"fine-tuning from {args.init}" + (" (new context head)" if missing else ""), flush=True)
+    frozen = {"image_proj", "pos", "text_proj", "queries", "token_type", "qformer"} if args.freeze_qformer else set()
+    trained = [p for n, p in model.named_parameters() if n.split(".")[0] not in frozen]
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.split(".")[0] not in frozen)
+    opt = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.05)
     steps = args.epochs * math.ceil(len(train_ids) / args.batch)
     if args.epochs > 0:
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.05)
@@ -253,15 +269,22 @@ def main() -> None:
 
     for epoch in range(args.epochs):
         model.train()
+        if args.freeze_qformer:  # frozen parts compute the features inference sees (no dropout)
+            for name in frozen:
+                module = getattr(model, name)
+                if isinstance(module, torch.nn.Module):
+                    module.eval()
         rng.shuffle(train_ids)
         totals: dict[str, float] = {}
         for s in range(0, len(train_ids), args.batch):
             b = make_batch(train_ids[s: s + args.batch], train=True)
-            out = model(b["embedding"], b["valid"], b["tokens"], b["token_mask"])
+            with torch.set_grad_enabled(not args.freeze_qformer):
+                z = model.encode(b["embedding"], b["valid"], b["tokens"], b["token_mask"])
+            out = model.heads(z, b["valid"])
             ls = losses(out, b, model)
             opt.zero_grad()
             ls["total"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
             opt.step()
             sched.step()
             for k, v in ls.items():

@@ -197,8 +197,18 @@ def test_train_run_does_proposer_only_when_decoder_is_switched_off(tmp_path, pre
 
 
 def test_heads_are_what_the_trainer_unfreezes():
-    names = {n.split(".")[0] for n, _ in QFormerLite().named_parameters()}
+    from radvlsm.proposals.qformer_model import QFormerLiteConfig
+    from radvlsm.training.proposer import trainable
+
+    model = QFormerLite(QFormerLiteConfig(context_channels=8))
+    names = {n.split(".")[0] for n, _ in model.named_parameters()}
     assert set(QFormerLite.HEADS) < names and {"qformer", "itm_head"} <= names - set(QFormerLite.HEADS)
+    assert {id(p) for p in trainable(model, "heads", False)} == {
+        id(p) for n, p in model.named_parameters() if n.split(".")[0] in QFormerLite.HEADS}
+    # a checkpoint without the context head trains the others
+    plain = QFormerLite()
+    assert {id(p) for p in trainable(plain, "heads", False)} == {
+        id(p) for n, p in plain.named_parameters() if n.split(".")[0] in QFormerLite.HEADS}
 
 
 def test_top1_iou_is_one_for_a_perfect_box(items, proposer, monkeypatch):

@@ -6,6 +6,10 @@ together; every token cross-attends to the image embedding's 64x64 patches (padd
 * image-text match (ITM) from the pooled query outputs: is the phrase's object in this image?
 * patch relevance map: the text tokens' outputs (which have looked at the image) dotted with each patch;
 * box: ``(cx, cy, w, h)`` normalised to the unpadded input area, from the first query.
+* optional context head (``context_channels`` > 0): dilated convolutions over the text-modulated patches add to
+  the relevance logits, so whether a dark patch is a lesion or shadowing/fat/text can depend on its surroundings
+  (the linear map sees one 4x4-pixel patch at a time). Its last layer starts at zero: a checkpoint fine-tuned
+  with it starts exactly where the linear map was.
 
 Losses (LSMS-style): relevance BCE + Dice against the mask, box L1 + GIoU, ITM BCE with wrong-domain and
 lesion-free negatives, and an image-text contrastive term between pooled queries and sentence embeddings.
@@ -33,6 +37,8 @@ class QFormerLiteConfig:
     queries: int = 8
     grid: int = 64
     embed_dim: int = 128  # contrastive space
+    context_channels: int = 0  # 0: the linear relevance map only (the shipped default's architecture)
+    context_dilations: tuple[int, ...] = (1, 2, 4, 8)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +70,7 @@ class QFormerLite(nn.Module):
         self.image_global = nn.Linear(h, cfg.embed_dim)
         self.text_global = nn.Linear(cfg.text_dim, cfg.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.context = ContextHead(h, cfg.context_channels, cfg.context_dilations) if cfg.context_channels else None
 
     def forward(self, embedding: torch.Tensor, valid: torch.Tensor, tokens: torch.Tensor,
                 token_mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -93,6 +100,8 @@ class QFormerLite(nn.Module):
         text_vec = self.map_text(z["text"])
         patches = self.map_patch(z["feats"])
         heat = torch.einsum("bh,bhxy->bxy", text_vec, patches) / math.sqrt(self.cfg.hidden) + self.map_bias
+        if self.context is not None:
+            heat = heat + self.context(patches, text_vec, valid)
         heat = heat.masked_fill(valid <= 0, -20.0)
         return {
             "itm": self.itm_head(pooled).squeeze(-1),
@@ -101,12 +110,39 @@ class QFormerLite(nn.Module):
             "image_global": F.normalize(self.image_global(pooled), dim=-1),
         }
 
-    #: what fine-tuning from corrected masks trains (the relevance map and the box); the Q-Former, the image-text
-    #: match and the contrastive heads stay frozen, so "is there a lesion at all" keeps its shipped calibration
-    HEADS = ("map_text", "map_patch", "map_bias", "box_head")
+    #: what fine-tuning from corrected masks trains (the relevance map and the box; the context head where the
+    #: checkpoint has one); the Q-Former, the image-text match and the contrastive heads stay frozen, so "is there
+    #: a lesion at all" keeps its shipped calibration
+    HEADS = ("map_text", "map_patch", "map_bias", "box_head", "context")
 
     def text_global_embedding(self, sentence: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_global(sentence.float()), dim=-1)
+
+
+class ContextHead(nn.Module):
+    """Relevance logits from a patch's neighbourhood: the patches modulated by the phrase (FiLM), then 3x3
+    convolutions at growing dilation (receptive field ~ 2 * sum(dilations) + 1 patches), padding zeroed."""
+
+    def __init__(self, hidden: int, channels: int, dilations: tuple[int, ...]):
+        super().__init__()
+        self.film = nn.Linear(hidden, 2 * hidden)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        self.reduce = nn.Conv2d(hidden, channels, 1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=d, dilation=d), nn.GroupNorm(8, channels), nn.GELU())
+            for d in dilations)
+        self.out = nn.Conv2d(channels, 1, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, patches: torch.Tensor, text_vec: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.film(text_vec)[..., None, None].chunk(2, 1)
+        keep = valid[:, None].to(patches.dtype)
+        x = self.reduce((patches * (1 + gamma) + beta) * keep)
+        for block in self.blocks:
+            x = x + block(x) * keep
+        return self.out(x)[:, 0]
 
 
 def valid_grid(input_size: tuple[int, int], img_size: int = 256, grid: int = 64) -> torch.Tensor:

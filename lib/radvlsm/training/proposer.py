@@ -224,6 +224,8 @@ def trainable(model: QFormerLite, scope: str, learn_match: bool) -> list[torch.n
     params: list[torch.nn.Parameter] = []
     for name in names:
         part = getattr(model, name)
+        if part is None:  # the context head of a checkpoint without one
+            continue
         part.requires_grad_(True)
         params += [part] if isinstance(part, torch.nn.Parameter) else list(part.parameters())
     return params
