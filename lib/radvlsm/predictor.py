@@ -115,6 +115,10 @@ class SegmentPredictor:
         # Optional persistent store (benchmarks and training reuse embeddings across runs); same key as memory.
         self.disk_cache = Path(disk_cache).expanduser() if disk_cache else None
         self._lock = threading.Lock()  # torch modules are shared; serialise forward passes
+        # The image encoder has its own lock: a cached prompt (a decode) is answered while another request's new
+        # image encodes, one encode and one decode at a time per device. Nothing swaps the encoder's weights (an
+        # adapted segmentation encoder is the watcher's copy and runs under the decoder's lock).
+        self._encoder_lock = threading.Lock()
         # Live decoder updates (radvlsm.versions.DecoderWatcher): checked before every decode, one stat() call.
         self.decoder_watcher = None
 
@@ -126,9 +130,14 @@ class SegmentPredictor:
 
     @property
     def lock(self) -> threading.Lock:
-        """The lock every forward pass of the shared torch modules holds (a watcher swapping weights, a warm-up
-        or another runtime's pass take it too)."""
+        """The lock every forward pass of the prompt encoder and mask decoder (and an adapted segmentation
+        encoder) holds; a watcher swapping their weights takes it too."""
         return self._lock
+
+    @property
+    def encoder_lock(self) -> threading.Lock:
+        """The lock every pass of the runtime's image encoder holds (a warm-up's too)."""
+        return self._encoder_lock
 
     @property
     def device(self) -> torch.device:
@@ -171,7 +180,7 @@ class SegmentPredictor:
         """The runtime's encode, or ``module``'s (eager) when given (the adapted segmentation encoder)."""
         start = time.perf_counter()
         x, input_size = preprocess(self.backbone, image.rgb_uint8())
-        with self._lock, torch.inference_mode():
+        with self._encoder_lock if module is None else self._lock, torch.inference_mode():
             emb = (self.runtime.encode(x) if module is None else module(x.to(self.device))).to(self.device)
         return Encoded(emb, image.shape, input_size, encode_ms=(time.perf_counter() - start) * 1e3,
                        runtime=self.runtime.name if module is None else "eager")

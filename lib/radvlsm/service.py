@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import tempfile
 import time
 from typing import Any
@@ -45,28 +47,61 @@ def result_extension(request: dict[str, Any], image: Image2D) -> str:
     return ext
 
 
+#: a result file lives alone in a private folder named so (see :func:`result_path`)
+RESULT_FOLDER_PREFIX = "radvlsm-result-"
+
+
+def result_path(suffix: str) -> str:
+    """A new path for a result file, alone in a private folder of the temp dir (mode 0700).
+
+    MONAI Label's client saves a result as ``<its temp dir>/<the basename the server sends>``; on the same machine
+    that is the server's own file when the server writes to the temp dir itself, and the server deletes it after
+    answering, so the client's copy vanished. In a folder of its own the server's file never shares a path with a
+    client's, and its random name does not collide between clients either. :func:`remove_result` removes both."""
+    folder = tempfile.mkdtemp(prefix=RESULT_FOLDER_PREFIX)
+    return os.path.join(folder, f"radvlsm-{secrets.token_hex(8)}{suffix}")
+
+
+def remove_result(path: str) -> None:
+    """Delete a result file and, if it is one of :func:`result_path`'s, its folder (anything else: the file)."""
+    if not path:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.basename(folder).startswith(RESULT_FOLDER_PREFIX) \
+            and os.path.realpath(os.path.dirname(folder)) == os.path.realpath(tempfile.gettempdir()):
+        shutil.rmtree(folder, ignore_errors=True)
+    elif os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+        os.unlink(path)
+
+
 def write_markups(markups: dict[str, Any]) -> str:
-    """Write a Slicer markups document to a temporary ``.json`` file the server streams back (and deletes)."""
-    fd, path = tempfile.mkstemp(prefix="radvlsm-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
+    """Write a Slicer markups document to a result ``.json`` file the server streams back (and deletes)."""
+    path = result_path(".json")
+    with open(path, "w") as f:
         json.dump(markups, f)
     return path
 
 
 def write_label(label: np.ndarray, image: Image2D, request: dict[str, Any]) -> str:
-    """Write ``label`` with the image's geometry to a temporary file the server streams back (and deletes)."""
+    """Write ``label`` with the image's geometry to a result file the server streams back (and deletes)."""
     ext = result_extension(request, image)
     dtype_name = get_choice(request, "result_dtype", "uint8", list(RESULT_DTYPES))
     if ext in PIL_SUFFIXES and dtype_name not in ("uint8", "uint16"):
         dtype_name = "uint8"
-    fd, path = tempfile.mkstemp(prefix="radvlsm-", suffix=ext)
-    os.close(fd)
-    save_mask(label.astype(RESULT_DTYPES[dtype_name]), path, like=image)
-    if ext not in PIL_SUFFIXES and ext != ".nii.gz" and not get_bool(request, "result_compress", True):
-        # MONAI Label's `result_compress`: OHIF asks false (its NRRD reader has no gzip); files are compressed otherwise
-        import SimpleITK as sitk
+    compress = get_bool(request, "result_compress", True)
+    path = result_path(ext)
+    try:
+        save_mask(label.astype(RESULT_DTYPES[dtype_name]), path, like=image)
+        if ext not in PIL_SUFFIXES and ext != ".nii.gz" and not compress:
+            # MONAI Label's `result_compress`: OHIF asks false (its NRRD reader has no gzip); compressed otherwise
+            import SimpleITK as sitk
 
-        sitk.WriteImage(sitk.ReadImage(path), path, useCompression=False)
+            sitk.WriteImage(sitk.ReadImage(path), path, useCompression=False)
+    except BaseException:
+        remove_result(path)  # a failed write leaves no folder behind
+        raise
     return path
 
 

@@ -13,6 +13,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.batch_infer import BatchInferImageType, BatchInferTask
 
 from radvlsm.batch import pending_images, run_batch
+from radvlsm.service import remove_result
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,9 @@ class PreAnnotateBatch(BatchInferTask):
         def one(image_id: str) -> dict:
             req = {k: v for k, v in copy.deepcopy(request).items() if k not in ("images", "max_workers", "gpus")}
             req.update(image=image_id, save_label=True, label_tag=tag)
-            res = infer(req, datastore)
-            return (res or {}).get("params", {}) or {}
+            res = infer(req, datastore) or {}
+            remove_result(res.get("file") or "")  # the datastore keeps its own copy of the saved label
+            return res.get("params", {}) or {}
 
         report = run_batch(ids, one)
         out = report.to_json(skipped=len(all_ids) - len(ids))

@@ -22,7 +22,7 @@ def warm_up(predictor: SegmentPredictor) -> float:
     start = time.perf_counter()
     size = predictor.backbone.img_size
     x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-    with predictor.lock:
+    with predictor.encoder_lock:
         emb = predictor.runtime.encode(x).to(predictor.device)
     enc = Encoded(emb, (size, size), (size, size), runtime=predictor.runtime.name)
     predictor.decode(enc, np.array([size * 0.25, size * 0.25, size * 0.75, size * 0.75], np.float32))

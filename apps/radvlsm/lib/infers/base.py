@@ -6,6 +6,7 @@ from typing import Any
 
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
+from lib.server.workers import QUEUE_MS
 from radvlsm.service import write_label, write_markups
 
 
@@ -27,6 +28,9 @@ class ServiceInfer(InferTask):
                                                                         "predictor", None)
         if predictor is not None:  # which (possibly fine-tuned) decoder made this result
             res.result.setdefault("decoder_version", predictor.decoder_version)
+        queue = QUEUE_MS.get()  # set by the server's worker pool (lib/server/workers.py); None outside it
+        if queue is not None:
+            res.result.setdefault("latencies_ms", {})["queue"] = round(queue, 1)
         if res.label is not None:
             return write_label(res.label, res.image, request), res.result
         # a detection answers with its boxes as markups: Slicer's plugin loads a .json result as ROI nodes

@@ -18,4 +18,9 @@ One entry per module: what MONAI Label 0.8.5 gets wrong -> what the fix does; dr
 * ``openapi``: ``POST /infer/{model}`` is documented once for all models (``params`` a bare string, result "{}") ->
   the schema lists the served tasks with their parameters, result fields and examples (``openapi_examples.json``);
   drop when upstream lets an infer task describe its own parameters and result in the OpenAPI schema.
+* ``workers``: ``POST /infer/{model}`` runs on the event-loop thread (one inference stalls ``/info``, datastore
+  calls and every other user), and a result file shares its path with the stock client's copy on the same machine
+  (the server deletes it after answering) -> the route runs ``run_inference`` in a bounded worker pool and reports
+  ``latencies_ms.queue``; results live alone in private folders, removed with them; drop when upstream infers off
+  the loop and names results uniquely (``tests/test_server_workers.py`` without ``workers.install``).
 """
