@@ -13,8 +13,9 @@ breaks these. The embedding cache is kept small (``--cache-mb``, default 24 MB =
 (process tree) is sampled every 0.2 s; the run fails if it exceeds ``--max-rss-mb``.
 
 Prints one markdown row per concurrency: requests, errors, wrong answers, throughput, latency p50/p95 (all, sam,
-radvlsm), cache hits, peak RSS. Note: MONAI Label runs ``/infer`` inside its async endpoint, so the server answers
-one inference at a time; concurrency shows up as queueing (latency grows with clients, throughput stays flat).
+radvlsm), cache hits, peak RSS. The recorded runs predate the worker pool (``apps/radvlsm/lib/server/workers.py``):
+MONAI Label then ran ``/infer`` on its event loop, one inference at a time. ``bench_serving.py`` measures what the
+pool changes (``/info`` and cached prompts while a pipeline runs).
 """
 
 from __future__ import annotations
