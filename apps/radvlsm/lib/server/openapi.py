@@ -47,7 +47,8 @@ TASKS: dict[str, dict[str, Any]] = {
         ],
         "result": [
             ("lesions", "per prompt box: `label`, `area_px`, `predicted_iou`, `clicks`, `box` [x0,y0,x1,y1], `roi`"),
-            ("cache_hit, latencies_ms", "whether the image embedding was cached; load/encode/decode/total in ms"),
+            ("cache_hit, latencies_ms", "whether the image embedding was cached; load/encode/decode/total in ms, "
+                                        "`queue`: ms the request waited for a server worker"),
             ("backbone, runtime, model_version, decoder_version", "what produced the mask"),
             ("image_shape, label_names", "[rows, cols]; label values"),
         ],
@@ -106,6 +107,7 @@ TASKS: dict[str, dict[str, Any]] = {
                           "visual descriptors with signed log-odds), `mask`, `summary`, `text`"),
             ("text", "plain-text report (what Slicer shows)"),
             ("mask_source, pipeline, head_version, label_names, decoder_version", "where the mask came from"),
+            ("latencies_ms", "`queue`: ms the request waited for a server worker"),
         ],
         "optional": ["message"],
     },
