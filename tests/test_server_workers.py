@@ -70,6 +70,27 @@ def test_stock_client_with_its_default_temp_folder_keeps_every_result(server):
 
 
 @pytest.mark.e2e
+def test_slicer_client_saving_into_the_servers_temp_folder_keeps_every_result(server):
+    """3D Slicer's own client (MONAILabelLib) pointed at the server's temp folder, the worst case on one machine."""
+    from tests.test_server_slicer import SlicerRequests
+
+    slicer = SlicerRequests(server.url, Path(tempfile.gettempdir()))
+    files = []
+    try:
+        for case in CASES:
+            x0, y0, x1, y1 = tight_box(case)
+            label_file, _ = slicer.infer("sam", case, {"roi": [x1, x0, y1, y0, 0, 0]})
+            files.append((case, label_file))
+        time.sleep(1.0)
+        for case, label_file in files:
+            assert os.path.isfile(label_file), f"{label_file} vanished"
+            assert dice(load_mask(label_file) > 0, reference(case)) >= 0.8
+    finally:
+        for _, f in files:
+            Path(f).unlink(missing_ok=True)
+
+
+@pytest.mark.e2e
 def test_info_is_answered_while_a_new_image_pipeline_runs(server, tmp_path):
     pixels = np.array(Image.open(SAMPLES / "images" / "bus_0075-r.png"))
     pixels[:8, :8] ^= 3  # never seen by this server: the pipeline must encode it
