@@ -226,9 +226,9 @@ def main() -> None:
             raise SystemExit(f"{args.init} does not fit this architecture: missing {missing}, unexpected {unexpected}")
         print(f"fine-tuning from {args.init}" + (" (new context head)" if missing else ""), flush=True)
     frozen = {"image_proj", "pos", "text_proj", "queries", "token_type", "qformer"} if args.freeze_qformer else set()
-    trained = [p for n, p in model.named_parameters() if n.split(".")[0] not in frozen]
     for n, p in model.named_parameters():
         p.requires_grad_(n.split(".")[0] not in frozen)
+    trained = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.05)
     steps = args.epochs * math.ceil(len(train_ids) / args.batch)
     if args.epochs > 0:

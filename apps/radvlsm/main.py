@@ -73,10 +73,12 @@ class RadVLSMApp(MONAILabelApp):
             upload_mb = float(conf.get("max_upload_mb", "512"))
             install(server.app, self, int(upload_mb * 2**20) if upload_mb > 0 else None,
                     [a.strip() for a in conf.get("auth_algorithms", "RS256").split(",") if a.strip()])
+            from lib.server.workers import install as install_workers
+            from lib.server.workers import install_result_cleanup
+
+            install_result_cleanup()
             workers = int(conf.get("infer_workers", "4"))
             if workers > 0:  # 0: MONAI Label's own /infer, on the event loop
-                from lib.server.workers import install as install_workers
-
                 install_workers(server.app, workers)
 
     def init_datastore(self):

@@ -7,9 +7,10 @@ predictor's locks (one encode and one decode at a time; :class:`radvlsm.predicto
 identical encodes are computed once (the embedding cache's single flight). Drop when upstream runs inference off
 the event loop (``tests/test_server_workers.py`` passes without :func:`install`).
 
-Result files: ``send_response`` deletes a result after answering with ``remove_file``; results are written alone in
-a private folder (:func:`radvlsm.service.result_path`), so that call is pointed at
-:func:`radvlsm.service.remove_result`, which removes the folder too.
+Result files (:func:`install_result_cleanup`, installed whatever ``infer_workers`` is): ``send_response`` deletes a
+result after answering with ``remove_file``; results are written alone in a private folder
+(:func:`radvlsm.service.result_path`), so that call is pointed at :func:`radvlsm.service.remove_result`, which removes
+the folder too.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def _replace(router, old, endpoint) -> None:
 
 def install(app, workers: int) -> InferPool:
     """Replace ``POST /infer/{model}``'s endpoint with one that runs in an :class:`InferPool` (same parameters,
-    same answers, same position in the routing table); point result deletion at ``remove_result``."""
+    same answers, same position in the routing table)."""
     from monailabel.endpoints import infer as ep_infer
 
     found = _infer_routes([ep_infer.router, app.router])
@@ -107,6 +108,13 @@ def install(app, workers: int) -> InferPool:
     endpoint.radvlsm_pool = pool
     for router, route in found:
         _replace(router, route, endpoint)
-    ep_infer.remove_file = remove_result
     logger.info(f"radvlsm: inference runs off the event loop ({workers} workers)")
     return pool
+
+
+def install_result_cleanup() -> None:
+    """Point ``send_response``'s delete-after-answer at :func:`radvlsm.service.remove_result`, with or without the
+    worker pool: every result lives in a private folder, which must go with it."""
+    from monailabel.endpoints import infer as ep_infer
+
+    ep_infer.remove_file = remove_result
