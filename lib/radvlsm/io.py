@@ -244,10 +244,13 @@ def load_mask(path: str | Path, shape: tuple[int, int] | None = None, field_name
 
 
 def save_mask(mask: np.ndarray, path: str | Path, like: Image2D | None = None) -> Path:
-    """Write a ``(rows, cols)`` label atomically (temp file + rename) with ``like``'s geometry."""
+    """Write a ``(rows, cols)`` label, or a ``(slices, rows, cols)`` one for a volume (``like`` a
+    :class:`radvlsm.volume.Volume`), atomically (temp file + rename) with ``like``'s geometry."""
     path = Path(path)
     mask = np.asarray(mask).astype(np.uint8)
     suffix = file_suffix(path)
+    if mask.ndim == 3 and suffix in PIL_SUFFIXES:
+        raise ValueError(f"{path.name}: a 3D label cannot be written as {suffix}; use .nrrd, .nii.gz or .mha")
 
     def write(tmp: Path) -> None:
         if suffix in PIL_SUFFIXES:
@@ -258,7 +261,7 @@ def save_mask(mask: np.ndarray, path: str | Path, like: Image2D | None = None) -
             import SimpleITK as sitk
 
             volume = like.volume_geometry if like is not None else None
-            img = sitk.GetImageFromArray(mask[None] if volume else mask)
+            img = sitk.GetImageFromArray(mask[None] if volume and mask.ndim == 2 else mask)
             if volume:  # same dimension and plane as the source volume
                 img.SetSpacing(volume[0])
                 img.SetOrigin(volume[1])

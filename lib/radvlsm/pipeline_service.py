@@ -10,10 +10,14 @@ from radvlsm.aggregation import SelectionConfig
 from radvlsm.defaults import DEFAULT_PHRASE, DEFAULT_TOP_K
 from radvlsm.errors import InputError
 from radvlsm.geometry import parse_prompts
-from radvlsm.io import load_mask
+from radvlsm.io import Image2D, load_mask
 from radvlsm.params import get_bool, get_int
 from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline
-from radvlsm.service import LabelResult, load_request_image
+from radvlsm.service import LabelResult, load_request_input
+from radvlsm.volume import Volume, load_label_for
+from radvlsm.volume_pipeline import DIAGNOSIS_MODALITIES, text_on_volume
+from radvlsm.volume_prompts import prompt_slice, requested_range
+from radvlsm.volume_tasks import on_slice, volume_keys
 
 CLASSES = ("benign", "malignant")
 
@@ -31,12 +35,38 @@ class PipelineService:
         self.default_text = default_text
 
     def run(self, request: dict[str, Any]) -> LabelResult:
+        image = load_request_input(request)
+        if isinstance(image, Volume):
+            return self.run_volume(image, request)
+        return self.run_image(image, request)
+
+    def run_image(self, image: Image2D, request: dict[str, Any]) -> LabelResult:
         opts = pipeline_options(request, self.default_text)
-        image = load_request_image(request)
         prompts = parse_prompts(request, image.shape)
         res = self.pipeline.run(image, opts, prompts if not prompts.empty else None)
         res.result["runtime"] = self.pipeline.predictor.runtime.name  # the encoder runtime (radvlsm.runtimes)
         return LabelResult(res.label, image, res.result)
+
+    def run_volume(self, volume: Volume, request: dict[str, Any]) -> LabelResult:
+        """Prompts (or ``slice``) name one slice; otherwise the phrase runs on ``slices`` (default: all)."""
+        k = prompt_slice(request, volume.n_slices)
+        if k is not None:
+            return on_slice(self.run_image, volume, request, k)
+        first, last = requested_range(request, volume.n_slices)
+        res = text_on_volume(self.pipeline, volume, pipeline_options(request, self.default_text), first, last,
+                             modality=request_modality(request))
+        res.result["runtime"] = self.pipeline.predictor.runtime.name
+        return LabelResult(res.label, volume, res.result)
+
+
+def request_modality(request: dict[str, Any]) -> str | None:
+    """``modality`` (a DICOM modality code such as US, MR, CT): whether the diagnosis head applies to a volume."""
+    value = request.get("modality")
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not value.isalnum() or len(value) > 16:
+        raise InputError("modality", f"expected a DICOM modality code such as US, MR or CT, got {value!r:.40}")
+    return value.upper()
 
 
 def classification_json(diagnoses: list[Any]) -> dict[str, Any]:
@@ -64,10 +94,15 @@ class DiagnosisService:
         self.default_text = default_text
 
     def run(self, request: dict[str, Any]) -> LabelResult:
+        image = load_request_input(request)
+        if isinstance(image, Volume):
+            return self.run_volume(image, request)
+        return self.run_image(image, request)
+
+    def run_image(self, image: Image2D, request: dict[str, Any], label: np.ndarray | None = None) -> LabelResult:
         """The JSON, and the lesion mask(s) it diagnosed as the label (lesion i = i+1), so that clients that
         expect a file with every result (Slicer's plugin) get one and the user sees what was described."""
-        image = load_request_image(request)
-        out, masks = self.diagnose(image, request)
+        out, masks = self.diagnose(image, request, label)
         label = None
         if masks:
             label = np.zeros(image.shape, np.uint8)
@@ -77,13 +112,41 @@ class DiagnosisService:
             out["label_names"] = {"lesion" if len(masks) == 1 else f"lesion {i + 1}": i + 1 for i in range(len(masks))}
         return LabelResult(label, image, out)
 
-    def diagnose(self, image: Any, request: dict[str, Any]) -> tuple[dict[str, Any], list[np.ndarray]]:
-        """The classification JSON and the lesion masks it described."""
+    def run_volume(self, volume: Volume, request: dict[str, Any]) -> LabelResult:
+        """One slice of a volume: ``slice``; else the label's (uploaded or saved) largest lesion slice; else the
+        largest slice of the first lesion the phrase finds in the volume."""
+        k = prompt_slice(request, volume.n_slices)
+        label = load_label_for(request["label"], volume) if request.get("label") else None
+        if k is None and label is not None and label.any():
+            k = int(np.argmax(label.reshape(label.shape[0], -1).astype(bool).sum(1)))
+        if k is None:
+            first, last = requested_range(request, volume.n_slices)
+            found = text_on_volume(self.pipeline, volume,
+                                   pipeline_options({**request, "diagnose": False}, self.default_text), first, last)
+            if not found.lesions:
+                out = classification_json([])
+                out.update(mask_source="radvlsm pipeline", message=found.result["message"], pipeline=found.result)
+                return LabelResult(None, volume, volume_keys(out, volume))
+            k = found.result["lesions"][0]["largest_slice"]
+            label = found.lesions[0].astype(np.uint8)
+            request = {**request, "mask_source": "radvlsm pipeline (volume)"}
+        res = on_slice(lambda image, sub: self.run_image(image, sub, None if label is None else label[k]),
+                       volume, request, k)
+        modality = request_modality(request)
+        if modality not in DIAGNOSIS_MODALITIES:
+            res.result["diagnosis_note"] = (f"the diagnosis head was trained on breast ultrasound; on a slice of "
+                                            f"modality {modality or 'unknown'} its probability is not validated")
+        return res
+
+    def diagnose(self, image: Any, request: dict[str, Any], label: np.ndarray | None = None
+                 ) -> tuple[dict[str, Any], list[np.ndarray]]:
+        """The classification JSON and the lesion masks it described (``label``: the mask, already loaded)."""
         if self.pipeline.diagnoser is None:
             raise InputError("model", "no diagnosis head is loaded (model/diagnosis/head.json is missing)")
         label_path = request.get("label")
-        if label_path:
-            label = load_mask(label_path, image.shape, field_name="label")
+        if label is not None or label_path:
+            if label is None:
+                label = load_mask(label_path, image.shape, field_name="label")
             source = request.get("mask_source", "uploaded label")
             lesion_masks = [label == v for v in np.unique(label) if v > 0] or [label > 0]
             pipeline_json = None

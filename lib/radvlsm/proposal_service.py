@@ -9,14 +9,17 @@ import numpy as np
 
 from radvlsm.errors import InputError
 from radvlsm.geometry import box_to_slicer_roi
+from radvlsm.io import Image2D
 from radvlsm.markups import roi_markups
 from radvlsm.params import get_bool, get_int
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.proposals.base import DEFAULT_TOP_K, BoxProposer, Proposal
 from radvlsm.proposals.phrases import DEFAULT_PHRASE
 from radvlsm.proposals.refine import refine_candidates
-from radvlsm.service import LabelResult, load_request_image
+from radvlsm.service import LabelResult, load_request_image, load_request_input
 from radvlsm.text import validate_text
+from radvlsm.volume import Volume
+from radvlsm.volume_tasks import on_slice, required_slice
 
 
 def requested_backends(request: dict[str, Any], available: dict[str, BoxProposer], default: str) -> list[str]:
@@ -45,15 +48,17 @@ class ProposalService:
         self.default_backend = default_backend
         self.default_text = default_text
 
-    def propose(self, request: dict[str, Any]) -> tuple[Any, list[Proposal], dict[str, Any]]:
-        """The loaded image, each backend's proposal, and the JSON result (candidates merged, best first)."""
+    def propose(self, request: dict[str, Any], image: Image2D | None = None
+                ) -> tuple[Any, list[Proposal], dict[str, Any]]:
+        """The image (the request's, when not given), each backend's proposal, and the JSON result (candidates
+        merged, best first)."""
         t0 = time.perf_counter()
         text = validate_text(request.get("text", self.default_text))
         top_k = get_int(request, "top_k", DEFAULT_TOP_K, 1, 20)
         refine = request.get("refine")
         refine = None if refine is None else get_bool(request, "refine", True)
         backends = requested_backends(request, self.proposers, self.default_backend)
-        image = load_request_image(request)
+        image = load_request_image(request) if image is None else image
         enc = self.predictor.encode(image)
         proposals = [self.proposers[b].propose(image, text, top_k=top_k, encoded=enc) for b in backends]
         for b, p in zip(backends, proposals, strict=True):
@@ -83,7 +88,13 @@ class ProposalService:
         return image, proposals, result
 
     def run(self, request: dict[str, Any]) -> LabelResult:
-        image, proposals, result = self.propose(request)
+        image = load_request_input(request)
+        if isinstance(image, Volume):
+            return on_slice(self.run_image, image, request, required_slice(request, image, "box_proposal"))
+        return self.run_image(image, request)
+
+    def run_image(self, image: Image2D, request: dict[str, Any]) -> LabelResult:
+        image, proposals, result = self.propose(request, image)
         label = None
         if get_bool(request, "heatmap", False):
             heats = [p.heatmap for p in proposals if p.heatmap is not None]

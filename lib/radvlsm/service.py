@@ -20,22 +20,33 @@ from radvlsm.errors import InputError
 from radvlsm.geometry import box_to_slicer_roi, parse_prompts
 from radvlsm.io import PIL_SUFFIXES, Image2D, file_suffix, load_image, save_mask
 from radvlsm.params import get_bool, get_choice
-from radvlsm.predictor import SegmentPredictor
+from radvlsm.predictor import Segmentation, SegmentPredictor
 from radvlsm.results import LabelResult  # noqa: F401  (re-exported: the tasks' answer type)
+from radvlsm.volume import Volume, load_input
 
 RESULT_EXTENSIONS = [".png", ".nrrd", ".nii.gz", ".nii", ".mha"]
 RESULT_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "int16": np.int16, "int32": np.int32,
                  "float32": np.float32}
 
 
-def load_request_image(request: dict[str, Any]) -> Image2D:
+def _request_path(request: dict[str, Any]) -> str:
     path = request.get("image")
     if not isinstance(path, str) or not path:
         raise InputError("image", "no image given (an image id from the datastore, or an uploaded file)")
-    return load_image(path)
+    return path
 
 
-def result_extension(request: dict[str, Any], image: Image2D) -> str:
+def load_request_image(request: dict[str, Any]) -> Image2D:
+    """The request's image, which must be 2D (a volume is an error naming it)."""
+    return load_image(_request_path(request))
+
+
+def load_request_input(request: dict[str, Any]) -> Image2D | Volume:
+    """The request's image: 2D, or a volume (:mod:`radvlsm.volume`) for the tasks that run slice by slice."""
+    return load_input(_request_path(request))
+
+
+def result_extension(request: dict[str, Any], image: Image2D | Volume) -> str:
     """The client's ``result_extension`` (Slicer asks ``.nrrd``), else the input's own format, else NRRD."""
     ext = request.get("result_extension")
     if ext in (None, ""):
@@ -84,9 +95,12 @@ def write_markups(markups: dict[str, Any]) -> str:
     return path
 
 
-def write_label(label: np.ndarray, image: Image2D, request: dict[str, Any]) -> str:
+def write_label(label: np.ndarray, image: Image2D | Volume, request: dict[str, Any]) -> str:
     """Write ``label`` with the image's geometry to a result file the server streams back (and deletes)."""
     ext = result_extension(request, image)
+    if label.ndim == 3 and ext in PIL_SUFFIXES:
+        raise InputError("result_extension", f"the label of a volume is 3D and cannot be {ext}; use one of "
+                                             f"{[e for e in RESULT_EXTENSIONS if e not in PIL_SUFFIXES]}")
     dtype_name = get_choice(request, "result_dtype", "uint8", list(RESULT_DTYPES))
     if ext in PIL_SUFFIXES and dtype_name not in ("uint8", "uint16"):
         dtype_name = "uint8"
@@ -106,15 +120,28 @@ def write_label(label: np.ndarray, image: Image2D, request: dict[str, Any]) -> s
 
 
 class SamService:
-    """The ``sam`` task: prompts in any supported convention -> label map + per-lesion JSON."""
+    """The ``sam`` task: prompts in any supported convention -> label map + per-lesion JSON (2D images, or one
+    slice of a volume, propagated through it with ``propagate``: :mod:`radvlsm.volume_tasks`)."""
 
     def __init__(self, predictor: SegmentPredictor):
         self.predictor = predictor
 
     def run(self, request: dict[str, Any]) -> LabelResult:
         t0 = time.perf_counter()
-        image = load_request_image(request)
+        image = load_request_input(request)
         t_load = (time.perf_counter() - t0) * 1e3
+        if isinstance(image, Volume):
+            from radvlsm.volume_tasks import sam_on_volume
+
+            return sam_on_volume(self, image, request, t_load)
+        seg, multilabel = self.segment(image, request)
+        result = self.result_json(image, seg, multilabel, t_load, t0)
+        if get_bool(request, "propagate", False):  # Slicer sends the task's config, 2D image or not
+            result["notes"] = ["propagate: the image has a single slice; nothing to propagate"]
+        return LabelResult(seg.label_map(multilabel), image, result)
+
+    def segment(self, image: Image2D, request: dict[str, Any]) -> tuple[Segmentation, bool]:
+        """The prompts of ``request`` decoded on ``image``; and whether lesions are labelled 1..N."""
         prompts = parse_prompts(request, image.shape)
         if prompts.empty:
             raise InputError("boxes", "no prompt: give boxes [[x0,y0,x1,y1]], a Slicer roi, or foreground points")
@@ -122,8 +149,10 @@ class SamService:
         # Several outputs help an ambiguous single click; boxes are what LiteMedSAM was trained on (one output).
         single_click = len(prompts.boxes) == 0 and len(prompts.points) == 1
         multimask = get_bool(request, "multimask", single_click)
-        seg = self.predictor.segment(image, prompts, multimask=multimask)
-        label = seg.label_map(multilabel)
+        return self.predictor.segment(image, prompts, multimask=multimask), multilabel
+
+    def result_json(self, image: Image2D, seg: Segmentation, multilabel: bool, t_load: float, t0: float
+                    ) -> dict[str, Any]:
         lesions = []
         for i, lesion in enumerate(seg.lesions):
             entry = {"label": i + 1 if multilabel else 1, "area_px": int(lesion.mask.sum()),
@@ -134,7 +163,7 @@ class SamService:
             lesions.append(entry)
         timings = {"load": round(t_load, 1), **{k: round(v, 1) for k, v in seg.timings_ms.items()}}
         timings["total"] = round((time.perf_counter() - t0) * 1e3, 1)
-        result = {
+        return {
             "lesions": lesions,
             "multilabel": multilabel,
             "cache_hit": seg.cache_hit,
@@ -144,4 +173,3 @@ class SamService:
             "model_version": self.predictor.backbone.version,
             "image_shape": list(image.shape),
         }
-        return LabelResult(label, image, result)

@@ -23,7 +23,7 @@ from radvlsm.holdout import HOLD_OUT_MODULUS as HOLD_OUT_MODULUS
 from radvlsm.holdout import MIN_LABELLED as MIN_LABELLED
 from radvlsm.holdout import id_hash as id_hash
 from radvlsm.holdout import split as split
-from radvlsm.io import load_image, load_mask
+from radvlsm.io import Image2D, load_image, load_mask
 
 logger = logging.getLogger(__name__)
 #: connected components smaller than this many pixels are not prompted as lesions of their own
@@ -33,19 +33,62 @@ PATHOLOGIES = ("benign", "malignant")
 
 @dataclass
 class TrainSample:
-    """One corrected label; ``pathology`` (benign/malignant) travels in the label's info JSON when given."""
+    """One corrected label; ``pathology`` (benign/malignant) travels in the label's info JSON when given.
+
+    ``slice``: one slice of a volume's label (:func:`volume_samples`), trained on as a 2D image; every slice of a
+    volume keeps the volume's ``image_id``, so the held-back split and the folds keep a volume (a patient) whole."""
 
     image_id: str
     image_path: str | Path
     mask_path: str | Path
     pathology: str | None = None
+    slice: int | None = None
+
+    @property
+    def sample_id(self) -> str:
+        """Unique per sample: the image id, with ``[k]`` for slice k of a volume."""
+        return self.image_id if self.slice is None else f"{self.image_id}[{self.slice}]"
+
+    def load(self) -> tuple[Image2D, np.ndarray]:
+        """The image and its label (bool), checked to match; slice ``slice`` of a volume when set."""
+        if self.slice is None:
+            image = load_image(self.image_path)
+            return image, load_mask(self.mask_path, image.shape) > 0
+        from radvlsm.volume import load_input, load_volume_label
+
+        volume = load_input(self.image_path)
+        if isinstance(volume, Image2D) or not 0 <= self.slice < volume.n_slices:
+            raise ValueError(f"{self.image_id}: slice {self.slice} is not a slice of this image")
+        return volume.slice_image(self.slice), load_volume_label(self.mask_path, volume)[self.slice] > 0
+
+
+#: of a volume's lesion-free slices, at most this many per lesion slice train (spread over the volume): they teach
+#: presence ("no lesion here") without drowning the lesion slices
+EMPTY_SLICES_PER_LESION_SLICE = 1.0
+
+
+def volume_samples(sample: TrainSample) -> list[TrainSample]:
+    """A 2D sample as it is; a volume's label as its slices: every slice with a lesion, and lesion-free slices
+    (evenly spread, :data:`EMPTY_SLICES_PER_LESION_SLICE`) when the label marks some lesion."""
+    from radvlsm.volume import Volume, load_input, load_volume_label
+
+    volume = load_input(sample.image_path)
+    if not isinstance(volume, Volume):
+        return [sample]
+    label = load_volume_label(sample.mask_path, volume) > 0
+    on = label.reshape(label.shape[0], -1).any(1)
+    lesion, empty = np.nonzero(on)[0], np.nonzero(~on)[0]
+    keep = min(len(empty), int(round(EMPTY_SLICES_PER_LESION_SLICE * len(lesion))))
+    chosen = empty[np.linspace(0, len(empty) - 1, keep).round().astype(int)] if keep else empty[:0]
+    return [TrainSample(sample.image_id, sample.image_path, sample.mask_path, sample.pathology, int(k))
+            for k in sorted({*lesion.tolist(), *chosen.tolist()})]
 
 
 @dataclass
 class Item:
     """A sample ready for the decoder: the frozen embedding and the masks in the model's padded frame."""
 
-    image_id: str
+    image_id: str  # the sample's id (TrainSample.sample_id)
     embedding: torch.Tensor  # (1, C, h, w) fp16, CPU
     original_size: tuple[int, int]
     input_size: tuple[int, int]
@@ -54,6 +97,11 @@ class Item:
     pathology: str | None = None
     seg_embedding: torch.Tensor | None = None  # the served adapted segmentation encoder's embedding, if any
     features: torch.Tensor | None = None  # input of the encoder's last stage, for training encoder adapters
+    group: str = ""  # the image (volume) it comes from; folds keep a group whole ("" = its own)
+
+    @property
+    def group_id(self) -> str:
+        return self.group or self.image_id
 
     @property
     def decoder_embedding(self) -> torch.Tensor:
@@ -89,17 +137,16 @@ def prepare(samples: list[TrainSample], predictor, max_lesions: int = 3,
 
     items = []
     for s in samples:
-        image = load_image(s.image_path)
-        mask = load_mask(s.mask_path, image.shape) > 0
+        image, mask = s.load()
         comps = lesion_components(mask)[:max_lesions]
         if not comps and not keep_empty:
-            logger.warning(f"training: {s.image_id} has an empty label; skipped")
+            logger.warning(f"training: {s.sample_id} has an empty label; skipped")
             continue
         enc = predictor.encode(image)
         frame = enc.frame  # the served frame: the boxes and targets of training are built in it
         lesions = [(frame.boxes_to_model(np.array(mask_to_box(c), np.float32))[0], c) for c in comps]
-        item = Item(s.image_id, enc.embedding.detach().to("cpu", torch.float16), enc.original_size,
-                    enc.input_size, mask, lesions, s.pathology)
+        item = Item(s.sample_id, enc.embedding.detach().to("cpu", torch.float16), enc.original_size,
+                    enc.input_size, mask, lesions, s.pathology, group=s.image_id)
         if enc.seg_embedding is not None:
             item.seg_embedding = enc.seg_embedding.detach().to("cpu", torch.float16)
         if features is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from radvlsm.training.data import PATHOLOGIES, TrainSample
+from radvlsm.training.data import PATHOLOGIES, TrainSample, volume_samples
 from radvlsm.versions.locations import decoder_store as decoder_store
 from radvlsm.versions.locations import default_trained_dir as default_trained_dir
 from radvlsm.versions.locations import head_store as head_store
@@ -28,7 +28,8 @@ def pathology_of(info: dict | None) -> str | None:
 
 
 def samples_from_datastore(datastore, limit: int | None = None) -> list[TrainSample]:
-    """Every image with a final (clinician-corrected) label, with its pathology when the label carries one."""
+    """Every image with a final (clinician-corrected) label, with its pathology when the label carries one; a
+    volume's label as its slices (:func:`radvlsm.training.data.volume_samples`). ``limit`` counts images."""
     out = []
     for image_id in sorted(datastore.get_labeled_images(label_tag=FINAL)):
         label_uri = datastore.get_label_uri(image_id, FINAL)
@@ -40,7 +41,14 @@ def samples_from_datastore(datastore, limit: int | None = None) -> list[TrainSam
         except Exception:  # label info is optional
             info = {}
         out.append(TrainSample(image_id, image_uri, label_uri, pathology_of(info)))
-    return out[:limit] if limit else out
+    out = out[:limit] if limit else out
+    expanded = []
+    for sample in out:
+        try:
+            expanded += volume_samples(sample)
+        except ValueError as exc:  # unreadable now (it was checked when saved): the other labels still train
+            logger.warning(f"training: {sample.image_id} skipped: {exc}")
+    return expanded
 
 
 def pseudo_store(trained_dir: str | Path, backbone: str):

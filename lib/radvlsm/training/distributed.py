@@ -18,7 +18,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from radvlsm.io import load_image
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.training.data import TrainSample
 from radvlsm.training.loop import TrainConfig
@@ -71,7 +70,7 @@ def launch(predictor, samples: list[TrainSample], store: DecoderStore, cfg: Trai
         cache = disk_cache or os.path.join(work, "embeddings")
         writer = SegmentPredictor(predictor.backbone, disk_cache=cache)
         for s in samples:  # every embedding computed (or taken from memory) once, written to the shared cache
-            image = load_image(s.image_path)
+            image = s.load()[0]
             writer.persist(image, predictor.encode(image))
         job = DistJob(predictor.backbone.name, predictor.backbone.checkpoint, samples, str(store.root), asdict(cfg),
                       cache, backend, work)

@@ -288,10 +288,10 @@ def fine_tune_proposer(proposer, items: list[Item], store: ProposerStore, cfg: P
     data = SiteData(proposer.model, items + extra, feats.tokens, feats.mask, proposer.predictor.backbone.img_size,
                     cfg.scope)
     always = list(range(len(items), len(items) + len(extra)))  # the extra items train in every fold
-    index = {it.image_id: i for i, it in enumerate(items)}
+    groups = sorted({it.group_id for it in items})  # a volume's slices are one group: held out together
     oof: list[Outcome | None] = [None] * len(items)
-    for fold in folds(list(index), cfg.folds):
-        held = {index[i] for i in fold}
+    for fold in folds(groups, cfg.folds):
+        held = {i for i, it in enumerate(items) if it.group_id in set(fold)}
         rest = [i for i in range(len(items)) if i not in held] + always
         if not any(data.match[i] for i in rest):  # nothing to learn where the lesion is: keep the served answer
             for i in held:
@@ -312,7 +312,7 @@ def fine_tune_proposer(proposer, items: list[Item], store: ProposerStore, cfg: P
                             np.array([oof[i].score(threshold) for i in lesion]), cfg.confidence, seed=cfg.seed,
                             tolerance=cfg.tolerance)
     passed = gate.passed
-    run.gate = {**gate.to_json(), "tolerance": cfg.tolerance, "folds": min(cfg.folds, len(items)),
+    run.gate = {**gate.to_json(), "tolerance": cfg.tolerance, "folds": min(cfg.folds, len(groups)),
                 "metric": "per lesion image: top-1 box IoU with the nearest lesion, 0 when nothing is proposed"}
     if not passed:
         run.reason = f"proposer not published: out-of-fold top-1 IoU {gate.describe()}, not better with confidence"

@@ -101,19 +101,22 @@ def _run(predictor, samples: list[TrainSample], store: DecoderStore, cfg: TrainC
          proposer_target: tuple[Any, ProposerStore] | None, text: str, pseudo: list[TrainSample]) -> RunResult:
     started = time.time()
     stats = StatsWriter(store, rank == 0)
-    train_ids, val_ids = split([s.image_id for s in samples])
+    train_ids, val_ids = split([s.image_id for s in samples])  # by image: a volume's slices stay together
     base_version, state = base_state(predictor, store)
     stats.stats = {}
     stats.update(status="running", pid=os.getpid(), started_at=started, base_version=base_version,
                  config=asdict(cfg), train_images=len(train_ids), val_images=len(val_ids), epoch=0,
                  total_epochs=cfg.epochs, with_pathology=sum(s.pathology is not None for s in samples))
     try:
-        by_id = {s.image_id: s for s in samples}
+        by_id: dict[str, list[TrainSample]] = {}
+        for s in samples:
+            by_id.setdefault(s.image_id, []).append(s)
         logger.info(f"training: {len(train_ids)} training / {len(val_ids)} validation images; base {base_version}")
         _check_encoder(predictor, base_version, state)
         head, tail = _encoder_split(predictor, cfg)
-        train_all = prepare([by_id[i] for i in train_ids], predictor, cfg.max_lesions, head, keep_empty=True)
-        val_all = prepare([by_id[i] for i in val_ids], predictor, cfg.max_lesions, head, keep_empty=True) \
+        train_all = prepare([s for i in train_ids for s in by_id[i]], predictor, cfg.max_lesions, head,
+                            keep_empty=True)
+        val_all = prepare([s for i in val_ids for s in by_id[i]], predictor, cfg.max_lesions, head, keep_empty=True) \
             if rank == 0 else []
         # the decoder learns from lesions; the proposer also from lesion-free labels (presence)
         train_items, val_items = [it for it in train_all if it.lesions], [it for it in val_all if it.lesions]

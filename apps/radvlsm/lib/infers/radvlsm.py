@@ -10,7 +10,8 @@ from radvlsm.pipeline_service import DiagnosisService, PipelineService
 PIPELINE = (
     "Text -> lesion boxes -> fused lesion masks -> diagnosis, on one image encode. params: text (default in "
     "config), top_k, diagnose, max_lesions; optional boxes/roi override the proposals and foreground/background "
-    "clicks refine the lesion they fall in. Label: lesion i = i+1 (empty when nothing is found)."
+    "clicks refine the lesion they fall in. Label: lesion i = i+1 (empty when nothing is found). On a volume: every "
+    "slice (or slices=[first, last]; slice= or prompts for one), lesions kept where neighbouring slices agree."
 )
 DIAGNOSIS = (
     "Benign/malignant from a lesion mask: an uploaded label, else the image's saved final label, else the radvlsm "

@@ -23,13 +23,14 @@ Fixes MONAI Label 0.8.5:
 * ``LocalDatastore.get_dataset_archive`` has an ``assert`` that some image has a final label (``GET
   /datastore/dataset``: 500). Here a ``LabelNotFoundException`` (404 through the handler in ``guards.py``).
 
-radvlsm's own checks, not upstream faults: an uploaded image must load as a 2D image under the pixel limit, an
-uploaded label must load and have the image's size (422 naming the field otherwise), before anything is written.
+radvlsm's own checks, not upstream faults: an uploaded image must load as a 2D image or a volume (not 4D) under the
+pixel and voxel limits, an uploaded label must load and have the image's size (a volume's label: its full geometry,
+spacing, origin and axes too) (422 naming the field otherwise), before anything is written.
 
 Drop when: upstream's ``LocalDatastore`` refuses ids and tags holding ``/`` or ``..`` with a 4xx, writes images,
 labels and ``datastore_v2.json`` via temp file + rename (``tests/test_faults.py``'s killed-save test passes with the
 plain class), starts on a truncated ``datastore_v2.json``, and ``get_dataset_archive`` returns 4xx with no final
-label. Then keep only ``add_image`` / ``save_label`` overrides that run the 2D checks and call ``super()``.
+label. Then keep only ``add_image`` / ``save_label`` overrides that run these checks and call ``super()``.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastor
 from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 
 from radvlsm.errors import ImageReadError
-from radvlsm.io import atomic_copy, atomic_write_text, load_image, load_mask
+from radvlsm.io import atomic_copy, atomic_write_text
 from radvlsm.params import check_id, check_tag
+from radvlsm.volume import load_input, load_label_for
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ class SafeLocalDatastore(LocalDatastore):
         default_id, image_ext = self._to_id(os.path.basename(image_filename))
         image_id = check_id(image_id or default_id, "image")
         try:
-            load_image(image_filename)  # readable, 2D, under the pixel limit
+            load_input(image_filename)  # readable, 2D or a volume (not 4D), under the pixel and voxel limits
         except ImageReadError as exc:
             raise ImageReadError(exc.message, field="file") from exc
         name = self._filename(image_id, image_ext)
@@ -112,11 +114,11 @@ class SafeLocalDatastore(LocalDatastore):
         if not obj:
             raise ImageNotFoundException(f"image: no image with id '{image_id}' in the datastore")
         try:
-            shape = load_image(self.get_image_uri(image_id)).shape
+            image = load_input(self.get_image_uri(image_id))
         except ImageReadError as exc:
             raise ImageReadError(f"the stored image cannot be read, so the label cannot be checked: {exc.message}",
                                  field="image") from exc
-        load_mask(label_filename, shape, field_name="label")  # readable, 2D, same rows x cols as the image
+        load_label_for(label_filename, image)  # readable; the image's rows x cols, or a volume's full geometry
 
         _, label_ext = self._to_id(os.path.basename(label_filename))
         label_path = self._datastore.label_path(label_tag)

@@ -13,7 +13,6 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.train import TrainTask
 
 from radvlsm.diagnosis.recalibrate import HeadStore, LabelledLesion, branch_logits, recalibrate
-from radvlsm.io import load_image, load_mask
 from radvlsm.params import check_known, get_float, get_int
 from radvlsm.training import TrainingBusy
 from radvlsm.training.data import lesion_components
@@ -55,12 +54,13 @@ class DiagnosisTrain(TrainTask):
                 if diagnoser is None:
                     raise ValueError("no diagnosis head is loaded (model/diagnosis/head.json is missing)")
                 base = diagnoser.refresh()
-                samples = [s for s in samples_from_datastore(datastore) if s.pathology][:limit]
+                # the head is a 2D breast-US one: a volume's slices do not recalibrate it
+                samples = [s for s in samples_from_datastore(datastore) if s.pathology and s.slice is None][:limit]
                 self.store.write_stats({"status": "running", "started": start, "images": len(samples)})
                 lesions, skipped = [], []
                 for s in samples:
-                    image = load_image(s.image_path)
-                    parts = lesion_components(load_mask(s.mask_path, image.shape) > 0)
+                    image, mask = s.load()
+                    parts = lesion_components(mask)
                     logits = branch_logits(diagnoser, image, parts[0], pipeline.predictor.encode(image)) if parts \
                         else None
                     if logits is None:

@@ -1,0 +1,119 @@
+"""Text on a volume: the 2D pipeline on every slice of a range, lesions kept where neighbouring slices agree.
+
+A 2D proposer answers each slice alone, so a false positive is usually a one-slice blip while a lesion runs
+through several slices. The per-slice lesion masks are stacked, joined in 3D (face-connected: a lesion continues
+where its masks overlap on adjacent slices), and a 3D lesion is kept only if it spans at least ``min_slices``
+slices. Lesions are ranked by their reliability summed over their slices (larger and steadier first).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline
+from radvlsm.volume import Volume
+from radvlsm.volume_tasks import extent_json, volume_keys
+
+#: what the diagnosis head was trained on; other modalities get a note instead of a probability
+DIAGNOSIS_MODALITIES = ("US",)
+
+
+@dataclass(frozen=True)
+class VolumeTextConfig:
+    #: a lesion must run through at least this many slices (fewer if the range itself is shorter)
+    min_slices: int = 2
+
+
+@dataclass
+class VolumeTextResult:
+    label: np.ndarray  # (slices, rows, cols) uint8, lesion i = i + 1
+    lesions: list[np.ndarray]  # each lesion's 3D mask, in label order
+    result: dict[str, Any]
+
+
+def text_on_volume(pipeline: RadVLSMPipeline, volume: Volume, opts: PipelineOptions, first: int = 0,
+                   last: int | None = None, config: VolumeTextConfig | None = None,
+                   modality: str | None = None) -> VolumeTextResult:
+    """The phrase of ``opts`` on slices ``first..last`` (inclusive); one 3D label."""
+    cfg = config or VolumeTextConfig()
+    last = volume.n_slices - 1 if last is None else last
+    t0 = time.perf_counter()
+    found = np.zeros(volume.shape, bool)
+    reliability = np.zeros(volume.shape, np.float32)
+    encodes, hits, match, source = 0, 0, {}, None
+    per_slice = replace(opts, diagnose=False)
+    for z in range(first, last + 1):
+        res = pipeline.run(volume.slice_image(z), per_slice)
+        encodes += res.result["encodes"]
+        hits += int(res.result["cache_hit"])
+        match[z] = res.result["match_score"]
+        source = res.result["prompt_source"]
+        for lesion in res.lesions:
+            found[z] |= lesion.mask
+            reliability[z][lesion.mask] = np.maximum(reliability[z][lesion.mask], lesion.reliability)
+    lesions = consistent_lesions(found, reliability, min(cfg.min_slices, last - first + 1),
+                                 opts.selection.max_lesions)
+    label = np.zeros(volume.shape, np.uint8)
+    entries = []
+    for i, (mask, score) in enumerate(lesions):
+        label[mask] = i + 1
+        entries.append({"label": i + 1, **extent_json(mask, volume), "reliability": round(score, 4)})
+    kept = set().union(*(set(np.nonzero(m.reshape(m.shape[0], -1).any(1))[0].tolist()) for m, _ in lesions))
+    answered = set(np.nonzero(found.reshape(found.shape[0], -1).any(1))[0].tolist())
+    masks = [m for m, _ in lesions]
+    result: dict[str, Any] = {
+        "text": opts.text, "found": bool(entries), "lesions": entries, "slices": [first, last],
+        "slices_with_lesion": sorted(kept), "slices_dropped": sorted(answered - kept),
+        "match_score_by_slice": {str(z): v for z, v in match.items()},
+        "prompt_source": source,
+        "encodes": encodes, "cache_hit": hits == last - first + 1,
+        "latencies_ms": {"total": round((time.perf_counter() - t0) * 1e3, 1),
+                         "per_slice": round((time.perf_counter() - t0) * 1e3 / (last - first + 1), 1)},
+    }
+    if not entries:
+        result["message"] = (f"no lesion found for '{opts.text}' on slices {first}..{last} that runs through "
+                             f"{cfg.min_slices} or more slices; the label is empty")
+    if opts.diagnose:
+        diagnose_lesions(pipeline, volume, masks, entries, result, modality)
+    volume_keys(result, volume)
+    return VolumeTextResult(label, masks, result)
+
+
+def consistent_lesions(found: np.ndarray, reliability: np.ndarray, min_slices: int, max_lesions: int
+                       ) -> list[tuple[np.ndarray, float]]:
+    """3D components of ``found`` spanning ``min_slices`` or more slices, each with its reliability summed over
+    its slices (the maximum on each), best first, at most ``max_lesions``."""
+    from scipy import ndimage
+
+    components, n = ndimage.label(found)  # face-connected in 3D
+    out = []
+    for i in range(1, n + 1):
+        mask = components == i
+        on = np.nonzero(mask.reshape(mask.shape[0], -1).any(1))[0]
+        if len(on) < min_slices:
+            continue
+        score = float(sum(reliability[z][mask[z]].max() for z in on))
+        out.append((mask, score))
+    return sorted(out, key=lambda t: -t[1])[:max_lesions]
+
+
+def diagnose_lesions(pipeline: RadVLSMPipeline, volume: Volume, masks: list[np.ndarray],
+                     entries: list[dict[str, Any]], result: dict[str, Any], modality: str | None) -> None:
+    """Each lesion diagnosed on its largest slice when the volume is of a modality the head knows."""
+    if pipeline.diagnoser is None:
+        result["diagnosis_note"] = "no diagnosis head is loaded"
+        return
+    if (modality or "").upper() not in DIAGNOSIS_MODALITIES:
+        result["diagnosis_note"] = (f"the diagnosis head was trained on breast ultrasound; not applied to a volume "
+                                    f"of modality {modality or 'unknown'} (send modality=US for an ultrasound "
+                                    "stack)")
+        return
+    for mask, entry in zip(masks, entries, strict=True):
+        k = entry["largest_slice"]
+        image = volume.slice_image(k)
+        entry["diagnosis"] = pipeline.diagnoser.diagnose(image, mask[k], embedding=pipeline.predictor.encode(image)
+                                                         ).to_json()

@@ -1,0 +1,147 @@
+"""Volumes without a model: loading, a slice's plane, 3D labels in the volume's geometry, which slice a request
+names, and the errors of bad slices, rois and labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from radvlsm.errors import ImageReadError, InputError
+from radvlsm.io import Image2D, save_mask
+from radvlsm.markups import index_to_lps, roi_markups
+from radvlsm.service import write_label
+from radvlsm.volume import Volume, load_input, load_volume_label
+from radvlsm.volume_prompts import prompt_slice, requested_range, slice_request
+from tests.volumes import DIRECTION, ORIGIN, SPACING, ijk_roi, lesion_volume, write_volume
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    pixels, lesion = lesion_volume()
+    path = write_volume(tmp_path_factory.mktemp("vol") / "vol.nii.gz", pixels)
+    return path, pixels, lesion
+
+
+def test_a_volume_loads_with_its_geometry_and_a_one_slice_file_stays_2d(synthetic, tmp_path):
+    path, pixels, _ = synthetic
+    vol = load_input(path)
+    assert isinstance(vol, Volume) and vol.shape == pixels.shape
+    assert np.allclose(vol.spacing, SPACING) and np.allclose(vol.origin, ORIGIN)
+    assert np.allclose(vol.direction, DIRECTION)
+    assert np.array_equal(vol.slice_image(4).pixels[..., 0], pixels[4])  # uint8: no intensity clip
+    one = load_input(write_volume(tmp_path / "one.nrrd", pixels[3:4]))
+    assert isinstance(one, Image2D) and one.shape == pixels.shape[1:]
+
+
+def test_a_slice_lies_on_its_own_plane(synthetic):
+    """Pixel (i, j) of slice k is the volume's voxel (i, j, k) in physical space, as ITK maps it."""
+    path, _, _ = synthetic
+    vol, ref = load_input(path), sitk.ReadImage(str(path))
+    for k, (i, j) in [(0, (0, 0)), (7, (31, 17)), (10, (159, 119))]:
+        assert np.allclose(index_to_lps(vol.slice_image(k), (i, j, 0)), ref.TransformIndexToPhysicalPoint((i, j, k)))
+
+
+def test_a_box_markup_on_slice_k_sits_at_the_lesion(synthetic):
+    path, _, lesion = synthetic
+    vol, ref = load_input(path), sitk.ReadImage(str(path))
+    ys, xs = np.nonzero(lesion[6])
+    box = [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+    roi = roi_markups([box], vol.slice_image(6), ["lesion"])["markups"][0]
+    centre = ref.TransformContinuousIndexToPhysicalPoint(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2, 6))
+    assert np.allclose(roi["center"], centre, atol=1e-4)
+    assert np.isclose(roi["size"][2], SPACING[2])
+
+
+def test_a_3d_label_is_written_in_the_volume_geometry(synthetic, tmp_path):
+    path, _, lesion = synthetic
+    vol = load_input(path)
+    label = np.zeros(vol.shape, np.uint8)
+    label[6] = lesion[6]
+    out = write_label(label, vol, {"result_extension": ".nrrd"})
+    img = sitk.ReadImage(out)
+    ref = sitk.ReadImage(str(path))
+    assert img.GetSize() == ref.GetSize() and np.allclose(img.GetSpacing(), ref.GetSpacing())
+    assert np.allclose(img.GetOrigin(), ref.GetOrigin()) and np.allclose(img.GetDirection(), ref.GetDirection())
+    back = sitk.GetArrayFromImage(img)
+    assert np.array_equal(back, label) and set(np.nonzero(back.reshape(len(back), -1).any(1))[0]) == {6}
+    assert np.array_equal(load_volume_label(out, vol), label)
+    with pytest.raises(InputError) as err:
+        write_label(label, vol, {"result_extension": ".png"})
+    assert err.value.field == "result_extension"
+    with pytest.raises(ValueError):
+        save_mask(label, tmp_path / "x.png", like=vol)
+
+
+def test_a_label_of_another_geometry_or_size_is_refused(synthetic, tmp_path):
+    path, pixels, lesion = synthetic
+    vol = load_input(path)
+    moved = write_volume(tmp_path / "moved.nrrd", lesion.astype(np.uint8), origin=(11.0, -20.0, 30.0))
+    with pytest.raises(InputError, match="origin") as err:
+        load_volume_label(moved, vol)
+    assert err.value.field == "label"
+    short = write_volume(tmp_path / "short.nrrd", lesion[:5].astype(np.uint8))
+    with pytest.raises(InputError, match="voxels"):
+        load_volume_label(short, vol)
+    flat = write_volume(tmp_path / "flat.nrrd", lesion[5:6].astype(np.uint8))
+    with pytest.raises(InputError, match="2D label"):
+        load_volume_label(flat, vol)
+
+
+def test_a_4d_image_is_refused_by_name(tmp_path):
+    img = sitk.JoinSeries([sitk.GetImageFromArray(np.zeros((3, 8, 8), np.uint8))] * 2)
+    path = tmp_path / "four.nii.gz"
+    sitk.WriteImage(img, str(path))
+    with pytest.raises(ImageReadError, match="4D") as err:
+        load_input(path)
+    assert err.value.field == "image" and "four.nii.gz" in err.value.message
+
+
+def test_which_slice_a_request_names():
+    n = 11
+    assert prompt_slice({"slice": 4}, n) == 4
+    assert prompt_slice({"slice": "4"}, n) == 4
+    assert prompt_slice({"foreground": [[10, 20, 7], [12, 22, 7]]}, n) == 7
+    assert prompt_slice({"roi": [90, 50, 70, 40, 6, 6]}, n) == 6
+    assert prompt_slice({"roi": [90, 50, 70, 40, 2, 6]}, n) == 4  # the middle of the roi's z range
+    assert prompt_slice({"roi": [90, 50, 70, 40]}, n) is None  # a 2D roi names no slice
+    assert prompt_slice({"boxes": [[1, 2, 30, 40]]}, n) is None
+    assert prompt_slice({"slice": 0, "foreground": [[10, 20, 3]]}, n) == 0  # slice wins over the clicks
+
+
+@pytest.mark.parametrize(("request_", "field"), [
+    ({"slice": 11}, "slice"), ({"slice": -1}, "slice"), ({"slice": 2.5}, "slice"),
+    ({"foreground": [[1, 2, 3], [1, 2, 5]]}, "slice"),
+    ({"foreground": [[1, 2, 30]]}, "foreground"),
+    ({"roi": [90, 50, 70, 40, 12, 14]}, "roi"), ({"roi": [90, 50, 70, 40, -3, -1]}, "roi"),
+])
+def test_bad_slices_and_rois_name_their_field(request_, field):
+    with pytest.raises(InputError) as err:
+        prompt_slice(request_, 11)
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("value", [[5, 2], [0, 11], [-1, 3], [1], "a,b", [1.5, 3]])
+def test_bad_slice_ranges_name_slices(value):
+    with pytest.raises(InputError) as err:
+        requested_range({"slices": value}, 11)
+    assert err.value.field == "slices"
+
+
+def test_slice_ranges():
+    assert requested_range({}, 11) == (0, 10)
+    assert requested_range({"slices": [2, 5]}, 11) == (2, 5)
+    assert requested_range({"slices": "3,3"}, 11) == (3, 3)
+
+
+def test_the_slice_request_keeps_that_slices_clicks():
+    """Slicer sends every click when the slice is 0: those of other slices are left out, and counted."""
+    sub, dropped = slice_request({"foreground": [[1, 2, 0], [3, 4, 2]], "background": [[5, 6, 0], [7, 8]]}, 0)
+    assert sub["foreground"] == [[1, 2, 0]] and sub["background"] == [[5, 6, 0], [7, 8]] and dropped == 1
+
+
+def test_roi_helper_matches_the_lesion(synthetic):
+    _, _, lesion = synthetic
+    roi = ijk_roi(lesion[5], 5)
+    ys, xs = np.nonzero(lesion[5])
+    assert roi[:4] == [xs.max(), xs.min(), ys.max(), ys.min()] and roi[4:] == [5, 5]
