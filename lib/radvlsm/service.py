@@ -23,6 +23,7 @@ from radvlsm.params import get_bool, get_choice
 from radvlsm.predictor import Segmentation, SegmentPredictor
 from radvlsm.results import LabelResult  # noqa: F401  (re-exported: the tasks' answer type)
 from radvlsm.volume import Volume, load_input
+from radvlsm.volume_tasks import sam_on_volume
 
 RESULT_EXTENSIONS = [".png", ".nrrd", ".nii.gz", ".nii", ".mha"]
 RESULT_DTYPES = {"uint8": np.uint8, "uint16": np.uint16, "int16": np.int16, "int32": np.int32,
@@ -131,8 +132,6 @@ class SamService:
         image = load_request_input(request)
         t_load = (time.perf_counter() - t0) * 1e3
         if isinstance(image, Volume):
-            from radvlsm.volume_tasks import sam_on_volume
-
             return sam_on_volume(self, image, request, t_load)
         seg, multilabel = self.segment(image, request)
         result = self.result_json(image, seg, multilabel, t_load, t0)

@@ -10,20 +10,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from radvlsm.errors import InputError
 from radvlsm.geometry import mask_to_box
+from radvlsm.io import Image2D
 from radvlsm.params import get_bool
+from radvlsm.predictor import Segmentation, SegmentPredictor
 from radvlsm.propagation import PropagationConfig, propagate
 from radvlsm.results import LabelResult
 from radvlsm.volume import Volume
 from radvlsm.volume_prompts import prompt_slice, requested_range, slice_request
 
-if TYPE_CHECKING:
-    from radvlsm.service import SamService
+
+class PromptedTask(Protocol):
+    """What :func:`sam_on_volume` needs of :class:`radvlsm.service.SamService` (which imports this module)."""
+
+    predictor: SegmentPredictor
+
+    def segment(self, image: Image2D, request: dict[str, Any]) -> tuple[Segmentation, bool]: ...
+
+    def result_json(self, image: Image2D, seg: Segmentation, multilabel: bool, t_load: float, t0: float
+                    ) -> dict[str, Any]: ...
 
 
 def embed(volume: Volume, k: int, label: np.ndarray | None) -> np.ndarray | None:
@@ -81,7 +91,7 @@ def on_slice(run_image: Callable[[Any, dict[str, Any]], LabelResult], volume: Vo
     return LabelResult(embed(volume, k, res.label), volume, res.result, markups=res.markups)
 
 
-def sam_on_volume(service: SamService, volume: Volume, request: dict[str, Any], t_load: float) -> LabelResult:
+def sam_on_volume(service: PromptedTask, volume: Volume, request: dict[str, Any], t_load: float) -> LabelResult:
     """``sam`` on slice k; with ``propagate`` each lesion is carried through ``slices`` (default: all)."""
     t0 = time.perf_counter() - t_load / 1e3
     k = required_slice(request, volume, "sam")

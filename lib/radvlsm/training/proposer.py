@@ -256,6 +256,13 @@ def train_copy(base: QFormerLite, data: SiteData, idx: list[int], cfg: ProposerC
     return model.eval().requires_grad_(False), history
 
 
+def item_folds(items: list[Item], k: int) -> list[set[int]]:
+    """``k`` folds of item indexes, by :attr:`Item.group_id`: the slices of one volume (one patient) are held out
+    together, so no fold is scored by a model that trained on the same volume's other slices."""
+    groups = sorted({it.group_id for it in items})
+    return [{i for i, it in enumerate(items) if it.group_id in set(fold)} for fold in folds(groups, k)]
+
+
 def _iou_stats(outcomes: list[Outcome], threshold: float) -> tuple[float, float]:
     scores = np.array([o.score(threshold) for o in outcomes if o.iou is not None])
     return (float(scores.mean()), float((scores >= 0.5).mean())) if len(scores) else (float("nan"), float("nan"))
@@ -288,10 +295,9 @@ def fine_tune_proposer(proposer, items: list[Item], store: ProposerStore, cfg: P
     data = SiteData(proposer.model, items + extra, feats.tokens, feats.mask, proposer.predictor.backbone.img_size,
                     cfg.scope)
     always = list(range(len(items), len(items) + len(extra)))  # the extra items train in every fold
-    groups = sorted({it.group_id for it in items})  # a volume's slices are one group: held out together
     oof: list[Outcome | None] = [None] * len(items)
-    for fold in folds(groups, cfg.folds):
-        held = {i for i, it in enumerate(items) if it.group_id in set(fold)}
+    held_out = item_folds(items, cfg.folds)
+    for held in held_out:
         rest = [i for i in range(len(items)) if i not in held] + always
         if not any(data.match[i] for i in rest):  # nothing to learn where the lesion is: keep the served answer
             for i in held:
@@ -312,7 +318,7 @@ def fine_tune_proposer(proposer, items: list[Item], store: ProposerStore, cfg: P
                             np.array([oof[i].score(threshold) for i in lesion]), cfg.confidence, seed=cfg.seed,
                             tolerance=cfg.tolerance)
     passed = gate.passed
-    run.gate = {**gate.to_json(), "tolerance": cfg.tolerance, "folds": min(cfg.folds, len(groups)),
+    run.gate = {**gate.to_json(), "tolerance": cfg.tolerance, "folds": len(held_out),
                 "metric": "per lesion image: top-1 box IoU with the nearest lesion, 0 when nothing is proposed"}
     if not passed:
         run.reason = f"proposer not published: out-of-fold top-1 IoU {gate.describe()}, not better with confidence"

@@ -34,7 +34,12 @@ _RESULT_FILE = ("`result_extension` (`.png`, `.nrrd`, `.nii.gz`, `.nii`, `.mha`;
                 "NRRD otherwise), `result_dtype` (`uint8`, `uint16`, ...)")
 _PROMPTS = ("`boxes` `[[x0, y0, x1, y1], ...]` (pixel columns/rows, inclusive); `roi` `[x0, x1, y0, y1, z0, z1]` "
             "(IJK, as 3D Slicer and OHIF send it; pairs may come max-first); `foreground`, `background` "
-            "`[[x, y, z], ...]` clicks (z ignored)")
+            "`[[x, y, z], ...]` clicks (z: the slice, on a volume)")
+_VOLUME = ("on a volume (NIfTI/NRRD/MHA of several slices): `slice` (0-based K index, what 3D Slicer sends for a "
+           "2D model) or the clicks'/roi's z name the slice; the label has the volume's geometry, filled on that "
+           "slice only")
+_VOLUME_RESULT = ("on a volume: `slice`, `volume_shape` [slices, rows, cols], `ignored_clicks` (clicks on other "
+                  "slices, left out)")
 
 #: task -> (parameters, result fields, keys that appear only in some answers)
 TASKS: dict[str, dict[str, Any]] = {
@@ -43,6 +48,10 @@ TASKS: dict[str, dict[str, Any]] = {
             ("boxes / roi / foreground / background", "prompts, at least one: " + _PROMPTS),
             ("multilabel", "bool, default false: box *i* is labelled *i*+1 instead of every lesion 1"),
             ("multimask", "bool: SAM's three candidate masks, best by predicted IoU (default: on for a lone click)"),
+            ("slice", _VOLUME),
+            ("propagate, slices", "bool, default false: on a volume, each lesion is carried slice to slice from the "
+                                  "prompted one through `slices` [first, last] (default: all), stopping where its "
+                                  "mask vanishes or looks like its surroundings"),
             ("result_extension, result_dtype", _RESULT_FILE),
         ],
         "result": [
@@ -51,8 +60,13 @@ TASKS: dict[str, dict[str, Any]] = {
                                         "`queue`: ms the request waited for a server worker"),
             ("backbone, runtime, model_version, decoder_version", "what produced the mask"),
             ("image_shape, label_names", "[rows, cols]; label values"),
+            ("slice, volume_shape, propagated, encodes", _VOLUME_RESULT + "; with `propagate` each lesion also has "
+                                                         "`slices`, `n_slices`, `voxels`, `volume_mm3`, "
+                                                         "`largest_slice(_box)`, `roi` (all of it), `stopped`, "
+                                                         "`predicted_iou_by_slice`"),
+            ("notes", "optional: e.g. `propagate` on a one-slice image"),
         ],
-        "optional": [],
+        "optional": ["slice", "volume_shape", "propagated", "encodes", "ignored_clicks", "notes"],
     },
     "box_proposal": {
         "params": [
@@ -61,6 +75,7 @@ TASKS: dict[str, dict[str, Any]] = {
             ("backend", "`qformer_lite` (default), `template`, `blip2`, or a list of them (candidates merged)"),
             ("heatmap", "bool: the relevance map (0-255) comes back as the label"),
             ("refine", "bool, default false: snap boxes to the lesion with one mask-decoder pass"),
+            ("slice", "required on a volume: " + _VOLUME + " (the markups lie on that slice's plane)"),
         ],
         "result": [
             ("candidates", "best first: `box` [x0,y0,x1,y1], `roi`, `score`, `backend`, `extra`"),
@@ -70,7 +85,7 @@ TASKS: dict[str, dict[str, Any]] = {
             ("cache_hit, latencies_ms, image_shape, label_names, decoder_version", "as for `sam`"),
             ("notes", "optional: e.g. an empty exemplar bank, or presence from the class-agnostic phrase"),
         ],
-        "optional": ["message", "notes"],
+        "optional": ["message", "notes", "slice", "volume_shape", "ignored_clicks"],
     },
     "radvlsm": {
         "params": [
@@ -79,6 +94,10 @@ TASKS: dict[str, dict[str, Any]] = {
             ("max_lesions", "1-20, default 3"),
             ("boxes / roi / foreground / background", "optional: boxes replace the proposals; clicks refine the "
                                                       "lesion whose box they fall in. " + _PROMPTS),
+            ("slice, slices, modality", "on a volume: with `slice` (or prompts) one slice, as for `sam`; else the "
+                                        "phrase runs on every slice of `slices` [first, last] (default: all) and a "
+                                        "lesion is kept where it runs through 2 or more slices; `modality` (DICOM "
+                                        "code): `US` lets the breast-US diagnosis head describe each lesion"),
             ("result_extension, result_dtype", _RESULT_FILE),
         ],
         "result": [
@@ -91,14 +110,22 @@ TASKS: dict[str, dict[str, Any]] = {
             ("image_shape, runtime, label_names, decoder_version", "as for `sam`"),
             ("notes", "optional: how the proposer decided, e.g. presence from the class-agnostic phrase when the "
                       "typed one matched below the threshold (checkpoints with a mismatch floor)"),
+            ("slices, slices_with_lesion, slices_dropped, match_score_by_slice, volume_shape, diagnosis_note",
+             "on a whole volume: the range run, where lesions were kept and where one-slice answers were dropped; "
+             "each lesion has `slices`, `n_slices`, `voxels`, `volume_mm3`, `largest_slice(_box)`, `roi`, "
+             "`reliability` (summed over its slices)"),
         ],
-        "optional": ["message", "notes"],
+        "optional": ["message", "notes", "slice", "slices", "slices_with_lesion", "slices_dropped",
+                     "match_score_by_slice", "volume_shape", "ignored_clicks", "diagnosis_note"],
     },
     "diagnosis": {
         "params": [
             ("label", "optional uploaded lesion mask (the `label` form field); else the image's saved final label, "
                       "else the `radvlsm` pipeline's mask"),
             ("text", "phrase for the pipeline when it supplies the mask"),
+            ("slice, modality", "on a volume: the slice diagnosed (default: the label's largest lesion slice, else "
+                                "the largest slice of the first lesion the phrase finds); the head is breast-US "
+                                "2D, so other modalities get a `diagnosis_note`"),
         ],
         "result": [
             ("prediction", "MONAI Label's classification form: `[{idx, label, score}]` for benign/malignant"),
@@ -109,7 +136,7 @@ TASKS: dict[str, dict[str, Any]] = {
             ("mask_source, pipeline, head_version, label_names, decoder_version", "where the mask came from"),
             ("latencies_ms", "`queue`: ms the request waited for a server worker"),
         ],
-        "optional": ["message"],
+        "optional": ["message", "slice", "volume_shape", "ignored_clicks", "diagnosis_note"],
     },
 }
 
