@@ -156,9 +156,9 @@ def test_empty_or_missized_final_label_is_422_and_stores_nothing(app, orthanc, u
     assert len(segs_of(orthanc, u["study"])) == before
 
 
-def run_browser(mode: str, app_url: str, study: str, out: Path) -> dict:
+def run_browser(mode: str, app_url: str, study: str, out: Path, *extra: str) -> dict:
     script = ROOT / "tests" / "browser" / "ohif_radvlsm.cjs"
-    proc = subprocess.run(["node", str(script), mode, app_url, study, str(out)], capture_output=True, text=True,
+    proc = subprocess.run(["node", str(script), mode, app_url, study, str(out), *extra], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "CHROMIUM": CHROMIUM})
     lines = proc.stdout.strip().splitlines()
     report = json.loads(lines[-1]) if lines else {}

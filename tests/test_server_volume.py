@@ -83,6 +83,7 @@ def test_text_on_the_whole_volume_with_the_stock_client(server, study, tmp_path)
         assert entry["slices"] == [min(filled_slices(mask)), max(filled_slices(mask))] and entry["n_slices"] >= 2
         assert entry["voxels"] == int(mask.sum())
     assert set(res["slices_with_lesion"]) == filled_slices(label)
+    assert res["found"] and dice(label > 0, lesion) >= 0.7  # the dark blob is found with the default phrase
     assert "diagnosis_note" in res  # the head is breast-US 2D: a volume of unknown modality is not diagnosed
 
 

@@ -46,3 +46,50 @@ def ijk_roi(mask2d: np.ndarray, k: int) -> list[int]:
     """The roi Slicer sends around a lesion on slice ``k``: IJK, pairs max-first (flipped axes), z = k."""
     ys, xs = np.nonzero(mask2d)
     return [int(xs.max()), int(xs.min()), int(ys.max()), int(ys.min()), k, k]
+
+
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def volume_to_mr_series(pixels: np.ndarray, spacing=SPACING, origin=ORIGIN, direction=DIRECTION,
+                        patient_id: str = "SYNTH-MR") -> list:
+    """The volume as an MR series (one instance per slice, with its Image Plane), as a scanner would store it:
+    slice k at ``origin + K axis * spacing_z * k``; rows along the I axis, columns along J (ITK's direction
+    columns)."""
+    import datetime
+
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    d = np.asarray(direction, float).reshape(3, 3)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    today = datetime.date.today().strftime("%Y%m%d")
+    out = []
+    for k in range(pixels.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(f"slice{k}.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.SOPClassUID, ds.SOPInstanceUID = MR_IMAGE_STORAGE, meta.MediaStorageSOPInstanceUID
+        ds.PatientID = ds.PatientName = patient_id
+        ds.PatientBirthDate = ds.PatientSex = ds.ReferringPhysicianName = ds.AccessionNumber = ""
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.StudyID, ds.StudyDate, ds.SeriesDate, ds.StudyTime = "1", today, today, "120000"
+        ds.StudyDescription = ds.SeriesDescription = "synthetic lesion volume"
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "MR", 1, k + 1
+        ds.ImageType = ["DERIVED", "SECONDARY"]
+        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions, ds.MRAcquisitionType = "SE", "NONE", "", "2D"
+        ds.PositionReferenceIndicator = ""
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in np.asarray(origin) + d[:, 2] * spacing[2] * k]
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*d[:, 0], *d[:, 1])]
+        ds.PixelSpacing = [f"{spacing[1]:.6g}", f"{spacing[0]:.6g}"]  # row spacing (J), column spacing (I)
+        ds.SliceThickness = f"{spacing[2]:.6g}"
+        ds.SpacingBetweenSlices = f"{spacing[2]:.6g}"
+        ds.Rows, ds.Columns = int(pixels.shape[1]), int(pixels.shape[2])
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = np.ascontiguousarray(pixels[k].astype(np.uint8)).tobytes()
+        out.append(ds)
+    return out

@@ -1,9 +1,11 @@
 // Drives the OHIF viewer that MONAI Label serves at /ohif/ with Debian's Chromium (headless, Playwright's
 // playwright-core from work/node/, no browser download). Called by tests/test_server_dicomweb.py:
 //
-//   node ohif_radvlsm.cjs panel <app url> <StudyInstanceUID> <out dir>
+//   node ohif_radvlsm.cjs panel <app url> <StudyInstanceUID> <out dir> [volume]
 //       opens the study in OHIF's "MONAI Label" mode, connects the MONAI Label panel to the app, runs the radvlsm
-//       task from its Auto-Segmentation tab, and reports what the panel did with the answer.
+//       task from its Auto-Segmentation tab, and reports what the panel did with the answer. With "volume" (a
+//       series of several slices) the mode's own hanging protocol is used (MPR: OHIF builds a volume), else the
+//       default one (a single image makes no volume).
 //   node ohif_radvlsm.cjs seg <app url> <StudyInstanceUID> <out dir>
 //       opens the same study, loads its DICOM SEG series (the label the app stored in Orthanc) over the image.
 //
@@ -16,7 +18,7 @@ const ROOT = path.resolve(__dirname, '..', '..');
 const { chromium } = require(path.join(ROOT, 'work', 'node', 'node_modules', 'playwright-core'));
 
 async function main() {
-  const [mode, app, study, out] = process.argv.slice(2);
+  const [mode, app, study, out, kind] = process.argv.slice(2);
   fs.mkdirSync(out, { recursive: true });
   const report = { mode, console: [], infer_requests: [], errors: [] };
   const browser = await chromium.launch({
@@ -39,7 +41,8 @@ async function main() {
     });
     // hangingprotocolid=default: the mode's own "mpr" protocol needs a volume, and OHIF builds none from one
     // single-frame image (isDisplaySetReconstructable: "Can't reconstruct if we only have one image")
-    await page.goto(`${app}/ohif/monai-label?StudyInstanceUIDs=${study}&hangingprotocolid=default`,
+    const protocol = kind === 'volume' ? '' : '&hangingprotocolid=default';
+    await page.goto(`${app}/ohif/monai-label?StudyInstanceUIDs=${study}${protocol}`,
       { waitUntil: 'load', timeout: 90000 });
     await page.locator('.cornerstone-canvas, canvas').first().waitFor({ timeout: 90000 });
     const banner = page.getByText('Confirm and Hide');
