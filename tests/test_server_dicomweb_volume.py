@@ -10,12 +10,14 @@ import json
 import shutil
 
 import numpy as np
+import pydicom
 import pytest
 import requests
 import SimpleITK as sitk
 from dicomweb_client import DICOMwebClient
 from PIL import Image
 
+from radvlsm.dicom import read_seg
 from tests.conftest import dice, stop_server
 from tests.orthanc import needs_orthanc, start_dicomweb_app, start_orthanc, stop_orthanc
 from tests.test_server_dicomweb import ARTEFACTS, browser_missing, run_browser
@@ -77,6 +79,34 @@ def test_sam_propagated_on_the_mr_series(app, series, tmp_path):
     label, _ = infer(app, "sam", series["series"], {"roi": ijk_roi(lesion[K], K), "slice": K, "propagate": True},
                      tmp_path)
     assert dice(label > 0, lesion) >= 0.75
+
+
+def test_a_final_volume_label_becomes_a_seg_of_the_series(app, orthanc, series, tmp_path):
+    lesion = series["lesion"]
+    label, img = infer(app, "sam", series["series"], {"roi": ijk_roi(lesion[K], K), "slice": K, "propagate": True},
+                       tmp_path)
+    path = tmp_path / "final.nrrd"
+    sitk.WriteImage(img, str(path))
+    with open(path, "rb") as f:
+        r = requests.put(f"{app.url}/datastore/label", params={"image": series["series"], "tag": "final"},
+                         files={"label": ("final.nrrd", f)}, timeout=120)
+    assert r.status_code == 200, r.text
+    client = DICOMwebClient(orthanc.dicomweb)
+    found = client.search_for_series(search_filters={"Modality": "SEG", "StudyInstanceUID": series["study"]})
+    assert len(found) == 1
+    seg_uid = pydicom.Dataset.from_json(found[0]).SeriesInstanceUID
+    (seg,) = client.retrieve_series(series["study"], seg_uid)
+    decoded, names = read_seg(seg)
+    assert names == {1: "lesion"}
+    assert str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID) == series["series"]
+    assert decoded.shape == label.shape and np.array_equal(decoded > 0, label > 0)  # each slice on its instance
+    moved = sitk.Image(img)
+    moved.SetOrigin((0.0, 0.0, 0.0))
+    sitk.WriteImage(moved, str(path))
+    with open(path, "rb") as f:
+        r = requests.put(f"{app.url}/datastore/label", params={"image": series["series"], "tag": "final"},
+                         files={"label": ("moved.nrrd", f)}, timeout=120)
+    assert r.status_code == 422 and "origin" in r.text
 
 
 def green_overlay(png, viewport: dict) -> np.ndarray:

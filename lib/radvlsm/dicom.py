@@ -1,4 +1,4 @@
-"""2D images to DICOM, and 2D labels to DICOM SEG, for DICOMweb servers (Orthanc, a PACS) and OHIF.
+"""2D images to DICOM, and labels (2D, or a series' 3D one) to DICOM SEG, for DICOMweb servers and OHIF.
 
 * :func:`image_to_dicom` wraps a PNG/JPG (8/16-bit gray or RGB) as one DICOM instance: Ultrasound Image Storage
   (``sop_class="us"``, the default, what a breast ultrasound is) or Secondary Capture (``"sc"``). Pixel spacing is
@@ -138,27 +138,33 @@ def label_to_seg(label: np.ndarray, sources: Sequence[Any], *, spacing: Sequence
                  label_info: Sequence[dict[str, Any]] | None = None, series_description: str = "radvlsm",
                  series_number: int = 300):
     """A DICOM SEG (``pydicom.Dataset``) for a ``(rows, cols)`` label on the single-frame source instance(s)
-    ``sources`` (pydicom datasets). ``spacing``/``origin``/``direction`` are the image's 3D geometry as read by
-    SimpleITK (what the server's cached image has); a source without an Image Plane gets one from them, on a copy,
-    so that pydicom-seg can map the label's one slice to it."""
+    ``sources`` (pydicom datasets), or a ``(slices, rows, cols)`` label of a series of ``slices`` instances that
+    each have their Image Plane (an MR/CT series: pydicom-seg maps each slice to the instance at its position).
+    ``spacing``/``origin``/``direction`` are the image's 3D geometry as read by SimpleITK (what the server's cached
+    image has); a 2D source without an Image Plane gets one from them, on a copy, so that pydicom-seg can map the
+    label's one slice to it."""
     import pydicom_seg
     import SimpleITK as sitk
 
     label = np.asarray(label)
     if label.ndim == 3 and label.shape[0] == 1:
         label = label[0]
-    if label.ndim != 2:
-        raise ValueError(f"label must be 2D (rows, cols), got shape {list(label.shape)}")
     if not sources:
         raise ValueError("no source DICOM instance to reference")
+    if label.ndim == 3:
+        if label.shape[0] != len(sources) or any("ImagePositionPatient" not in s for s in sources):
+            raise ValueError(f"a label of {label.shape[0]} slices needs as many source instances with an Image "
+                             f"Plane, got {len(sources)}")
+    elif label.ndim != 2:
+        raise ValueError(f"label must be 2D (rows, cols) or 3D (slices, rows, cols), got shape {list(label.shape)}")
     rows, cols = int(sources[0].Rows), int(sources[0].Columns)
-    if label.shape != (rows, cols):
-        raise ValueError(f"label is {label.shape[1]}x{label.shape[0]} but the image is {cols}x{rows}")
+    if label.shape[-2:] != (rows, cols):
+        raise ValueError(f"label is {label.shape[-1]}x{label.shape[-2]} but the image is {cols}x{rows}")
     values = [int(v) for v in np.unique(label) if v > 0]
     if not values:
         raise ValueError("label is empty: a DICOM SEG needs at least one segment")
 
-    seg = sitk.GetImageFromArray(label.astype(np.uint16)[None])
+    seg = sitk.GetImageFromArray(label.astype(np.uint16) if label.ndim == 3 else label.astype(np.uint16)[None])
     seg.SetSpacing([float(s) for s in spacing])
     seg.SetOrigin([float(o) for o in origin])
     if direction is not None:
@@ -198,7 +204,7 @@ def label_to_seg(label: np.ndarray, sources: Sequence[Any], *, spacing: Sequence
 
 def read_seg(dataset) -> tuple[np.ndarray, dict[int, str]]:
     """Decode a DICOM SEG (a ``pydicom.Dataset``) with pydicom-seg: the ``(rows, cols)`` label (segment number
-    per pixel, one frame) and each segment's label."""
+    per pixel, one frame; ``(slices, rows, cols)`` for a series' SEG) and each segment's label."""
     import pydicom_seg
     import SimpleITK as sitk
 

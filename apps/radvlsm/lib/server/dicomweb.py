@@ -19,7 +19,8 @@ Fixes MONAI Label 0.8.5:
   lacks, and takes a 3D label only, while a label sent as PNG (what a REST client or radvlsm's own result is) is 2D;
   an empty label makes ``nifti_to_dicom_seg`` return ``""``, which ``dicom_web_upload_dcm`` then fails on (500).
   :meth:`DICOMWeb2DDatastore.save_label` writes the SEG with pydicom-seg (:func:`radvlsm.dicom.label_to_seg`) from
-  any 2D label format (PNG, NRRD, NIfTI, OHIF's ``.bin``) in the image's own geometry, refuses an empty or
+  any 2D label format (PNG, NRRD, NIfTI, OHIF's ``.bin``) in the image's own geometry (a multi-slice series' 3D
+  label too, checked against the volume's geometry), refuses an empty or
   mis-sized final label with a 422 before anything is stored, and records the SEG with ``Modality: SEG`` (upstream
   copies the image's modality);
 * ``DICOMWebDatastore.get_label_uri(image_id, "final")`` (what the diagnosis task asks) treats the id as the SEG's
@@ -50,8 +51,9 @@ from monailabel.datastore.utils.dicom import dicom_web_upload_dcm
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from radvlsm.dicom import label_to_seg
-from radvlsm.errors import ImageReadError
-from radvlsm.io import load_image, load_mask, save_mask
+from radvlsm.errors import InputError
+from radvlsm.io import save_mask
+from radvlsm.volume import load_input, load_label_for
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +82,10 @@ class DICOMWeb2DDatastore(DICOMWebDatastore):
         os.close(fd)
         seg_file = label_nii.replace(".nii.gz", ".dcm")
         try:
-            image = load_image(image_uri)
+            image = load_input(image_uri)  # a 2D image, or a series of several slices (a volume)
             try:
-                mask = load_mask(label_filename, shape=image.shape)
-            except ImageReadError as exc:
+                mask = load_label_for(label_filename, image)
+            except InputError as exc:  # unreadable, mis-sized, or a volume's label of another geometry
                 raise HTTPException(422, str(exc)) from exc
             if not mask.any():
                 raise HTTPException(422, "label: the label is empty; a DICOM SEG needs at least one segment "
