@@ -145,3 +145,27 @@ def test_roi_helper_matches_the_lesion(synthetic):
     roi = ijk_roi(lesion[5], 5)
     ys, xs = np.nonzero(lesion[5])
     assert roi[:4] == [xs.max(), xs.min(), ys.max(), ys.min()] and roi[4:] == [5, 5]
+
+
+def test_a_16_bit_volume_is_windowed_and_its_16_bit_label_is_not(tmp_path):
+    """MR/CT intensities are clipped to the 0.5-99.5th percentiles of the non-zero voxels; a label never is."""
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(100, 2000, (6, 40, 50)).astype(np.uint16)
+    pixels[2, 10, 10] = 60000  # one hot voxel must not set the contrast of every slice
+    vol = load_input(write_volume(tmp_path / "mr.nrrd", pixels))
+    lo, hi = vol.window
+    assert hi < 2000 <= 60000 and vol.slice_image(2).pixels.max() == pytest.approx(hi)
+    label = np.zeros(pixels.shape, np.uint16)
+    label[1:4, 5:20, 5:30] = 300  # a label value above the image's window
+    back = load_volume_label(write_volume(tmp_path / "label.nrrd", label), vol)
+    assert (back > 0).sum() == (label > 0).sum()
+
+
+def test_slice_on_a_2d_image_must_be_0(tmp_path):
+    from radvlsm.service import check_2d_slice
+
+    check_2d_slice({"slice": 0})
+    check_2d_slice({"slice": None})
+    with pytest.raises(InputError) as err:
+        check_2d_slice({"slice": 3})
+    assert err.value.field == "slice"

@@ -13,7 +13,7 @@ from radvlsm.geometry import parse_prompts
 from radvlsm.io import Image2D, load_mask
 from radvlsm.params import get_bool, get_int
 from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline
-from radvlsm.service import LabelResult, load_request_input
+from radvlsm.service import LabelResult, check_2d_slice, load_request_input
 from radvlsm.volume import Volume, load_label_for
 from radvlsm.volume_pipeline import DIAGNOSIS_MODALITIES, text_on_volume
 from radvlsm.volume_prompts import prompt_slice, requested_range
@@ -38,6 +38,7 @@ class PipelineService:
         image = load_request_input(request)
         if isinstance(image, Volume):
             return self.run_volume(image, request)
+        check_2d_slice(request)
         return self.run_image(image, request)
 
     def run_image(self, image: Image2D, request: dict[str, Any]) -> LabelResult:
@@ -97,6 +98,7 @@ class DiagnosisService:
         image = load_request_input(request)
         if isinstance(image, Volume):
             return self.run_volume(image, request)
+        check_2d_slice(request)
         return self.run_image(image, request)
 
     def run_image(self, image: Image2D, request: dict[str, Any], label: np.ndarray | None = None) -> LabelResult:

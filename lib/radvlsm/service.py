@@ -23,6 +23,7 @@ from radvlsm.params import get_bool, get_choice
 from radvlsm.predictor import Segmentation, SegmentPredictor
 from radvlsm.results import LabelResult  # noqa: F401  (re-exported: the tasks' answer type)
 from radvlsm.volume import Volume, load_input
+from radvlsm.volume_prompts import requested_slice
 from radvlsm.volume_tasks import sam_on_volume
 
 RESULT_EXTENSIONS = [".png", ".nrrd", ".nii.gz", ".nii", ".mha"]
@@ -40,6 +41,11 @@ def _request_path(request: dict[str, Any]) -> str:
 def load_request_image(request: dict[str, Any]) -> Image2D:
     """The request's image, which must be 2D (a volume is an error naming it)."""
     return load_image(_request_path(request))
+
+
+def check_2d_slice(request: dict[str, Any]) -> None:
+    """A 2D image has one slice: ``slice`` may be absent or 0 (what Slicer sends for it), nothing else."""
+    requested_slice(request, 1)
 
 
 def load_request_input(request: dict[str, Any]) -> Image2D | Volume:
@@ -133,6 +139,7 @@ class SamService:
         t_load = (time.perf_counter() - t0) * 1e3
         if isinstance(image, Volume):
             return sam_on_volume(self, image, request, t_load)
+        check_2d_slice(request)
         seg, multilabel = self.segment(image, request)
         result = self.result_json(image, seg, multilabel, t_load, t0)
         if get_bool(request, "propagate", False):  # Slicer sends the task's config, 2D image or not

@@ -36,7 +36,7 @@ class Volume:
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
     direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
     source: str = ""
-    window: tuple[float, float] | None = None  # intensity clip applied to every slice (see the module notes)
+    window: tuple[float, float] | None = None  # the intensity clip applied at load (see the module notes)
     _slices: dict[int, Image2D] = field(default_factory=dict, repr=False)
 
     @property
@@ -67,9 +67,7 @@ class Volume:
         if not 0 <= k < self.n_slices:
             raise IndexError(f"slice {k} outside 0..{self.n_slices - 1}")
         if k not in self._slices:
-            px = self.pixels[k]
-            if self.window is not None:
-                px = np.clip(px, *self.window)
+            px = self.pixels[k]  # a view: the window was applied to the whole volume when it was loaded
             d = self.direction
             self._slices[k] = Image2D(np.ascontiguousarray(px, np.float32), tuple(self.spacing[:2]),
                                       self.slice_origin(k)[:2], (d[0], d[1], d[3], d[4]),
@@ -89,9 +87,10 @@ def _intensity_window(pixels: np.ndarray, dtype: np.dtype) -> tuple[float, float
     return (float(lo), float(hi)) if hi > lo else None
 
 
-def load_input(path: str | Path) -> Image2D | Volume:
+def load_input(path: str | Path, window: bool = True) -> Image2D | Volume:
     """A 2D image (PNG/JPG, or a one-slice NIfTI/NRRD/DICOM) as :func:`radvlsm.io.load_image` loads it, or a
-    volume of several slices; a 4D image (several volumes) is an error naming the file."""
+    volume of several slices; a 4D image (several volumes) is an error naming the file. ``window``: clip a
+    non-8-bit volume's intensities (never for a label)."""
     path = Path(path)
     if file_suffix(path) not in ITK_SUFFIXES or not path.is_file() or path.stat().st_size == 0:
         return load_image(path)  # its own messages (missing, empty, unsupported format)
@@ -128,16 +127,18 @@ def load_input(path: str | Path) -> Image2D | Volume:
     pixels = arr.astype(np.float32)
     if not np.all(np.isfinite(pixels)):
         raise ImageReadError(f"{path.name}: image contains NaN or infinite values")
+    clip = _intensity_window(pixels, arr.dtype) if window else None
+    if clip is not None:
+        np.clip(pixels, *clip, out=pixels)
     return Volume(pixels, tuple(map(float, img.GetSpacing())), tuple(map(float, img.GetOrigin())),
-                  tuple(map(float, img.GetDirection())), source=str(path),
-                  window=_intensity_window(pixels, arr.dtype))
+                  tuple(map(float, img.GetDirection())), source=str(path), window=clip)
 
 
 def load_volume_label(path: str | Path, volume: Volume, field_name: str = "label") -> np.ndarray:
     """A label for ``volume``: ``(slices, rows, cols)`` uint8 on the same grid and in the same place (spacing,
     origin and axes within 1e-3 of the image's), else an :class:`InputError` naming ``field_name``."""
     try:
-        label = load_input(path)
+        label = load_input(path, window=False)
     except ImageReadError as exc:
         raise ImageReadError(exc.message, field=field_name) from exc
     if not isinstance(label, Volume):
