@@ -1,7 +1,7 @@
 """Volumes slice by slice on lgg-mri (brain FLAIR, 10 patients), leave-patient-out.
 
     python benchmarks/bench_volume.py [--limit N] [--options '{"proposer_scope": "heads"}'] [--work DIR]
-        [--timing 3] [--report]
+        [--timing 3] [--remeasure] [--report]
 
 Through the served code (``radvlsm.volume_tasks`` / ``radvlsm.volume_pipeline``, encoder runtime ``auto``):
 
@@ -22,7 +22,8 @@ half is measured, so no patient is measured by a model that saw it. The propagat
 half A (see :mod:`radvlsm.propagation`), so the table gives A and B apart.
 
 Results per patient go to ``--work`` (default ``benchmarks/results/volume``), written after each step: a rerun
-resumes; ``--report`` prints the table from what is there.
+resumes; ``--remeasure`` measures every patient again with the fine-tuned models already there (after a change of
+the served code; the timing rows are kept); ``--report`` prints the table from what is there.
 """
 
 from __future__ import annotations
@@ -219,12 +220,16 @@ def main() -> None:
     ap.add_argument("--options", default='{"proposer_scope": "heads"}', help="fine_tune options (JSON)")
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "results" / "volume"))
     ap.add_argument("--timing", type=int, default=3, help="patients timed from a fresh cache")
+    ap.add_argument("--remeasure", action="store_true", help="measure again, keeping the fine-tunes and timing")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     options = json.loads(args.options)
     work = Path(args.work)
     path = work / "state.json"
     state = load_state(path)
+    if args.remeasure:
+        state.pop("shipped", None)
+        state.pop("adapted", None)
     names = patients(args.limit)
     if not args.report:
         state.setdefault("shipped", {})

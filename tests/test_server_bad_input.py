@@ -81,6 +81,8 @@ def files(tmp_path_factory) -> dict[str, tuple[str, bytes]]:
         "huge_nii": ("huge.nii", big_nii),
         "volume_nrrd": ("vol.nrrd", encode(lambda p: sitk.WriteImage(sitk.GetImageFromArray(
             np.zeros((4, 64, 64), np.uint8)), str(p)), ".nrrd", tmp)),
+        "four_d_nii": ("four.nii.gz", encode(lambda p: sitk.WriteImage(sitk.JoinSeries(
+            [sitk.GetImageFromArray(np.zeros((4, 64, 64), np.uint8))] * 2), str(p)), ".nii.gz", tmp)),
         "nan_nii": ("nan.nii.gz", encode(lambda p: sitk.WriteImage(sitk.GetImageFromArray(
             np.full((64, 64), np.nan, np.float32)), str(p)), ".nii.gz", tmp)),
         "nan_tif": ("nan.tif", encode(lambda p: Image.fromarray(np.where(np.eye(64) > 0, np.nan, 1.0).astype(
@@ -140,8 +142,12 @@ CASES = [
      "over the limit"),
     ("huge_nii_header", "POST", INFER, {"output": "json"}, {"boxes": BOX}, {"file": "huge_nii"}, 422,
      "over the limit"),
-    ("volume_to_2d", "POST", INFER, {"output": "json"}, {"boxes": BOX}, {"file": "volume_nrrd"}, 422,
-     "3D volume with 4 slices"),
+    # a volume runs slice by slice (tests/test_server_volume.py): REST boxes carry no z, so they need `slice`
+    ("volume_boxes_without_slice", "POST", INFER, {"output": "json"}, {"boxes": BOX}, {"file": "volume_nrrd"}, 422,
+     "slice: the image is a volume of 4 slices"),
+    ("volume_slice_out_of_range", "POST", INFER, {"output": "json"}, {"boxes": BOX, "slice": 4},
+     {"file": "volume_nrrd"}, 422, "slice: must be between 0 and 3"),
+    ("four_d_image", "POST", INFER, {"output": "json"}, {"boxes": BOX}, {"file": "four_d_nii"}, 422, "4D image"),
     ("nan_nifti", "POST", INFER, {"output": "json"}, {"boxes": BOX}, {"file": "nan_nii"}, 422, "NaN"),
     ("nan_diagonal_tif", "POST", INFER, {"output": "json"}, {"boxes": BOX}, {"file": "nan_tif"}, 422, "NaN"),
     ("unknown_format", "POST", INFER, {"output": "json"}, {"boxes": BOX}, {"file": "text_file"}, 422,
@@ -214,8 +220,7 @@ CASES = [
     ("image_id_slash", "PUT", "/datastore/image", {"image": "sub/evil"}, None, {"file": "good_png"}, 422, "image"),
     ("image_unreadable", "PUT", "/datastore/image", {"image": "evil_broken"}, None, {"file": "truncated_png"}, 422,
      "file"),
-    ("image_volume", "PUT", "/datastore/image", {"image": "evil_volume"}, None, {"file": "volume_nrrd"}, 422,
-     "3D volume"),
+    ("image_4d", "PUT", "/datastore/image", {"image": "evil_4d"}, None, {"file": "four_d_nii"}, 422, "4D image"),
     ("image_info_list", "PUT", "/datastore/image/info", {"image": CASE}, "[1]", None, 422, "info"),
     ("dicom_seg_on_local_studies", "POST", INFER, {"image": CASE, "output": "dicom_seg"}, {"boxes": BOX}, None, 422,
      "output"),

@@ -169,3 +169,21 @@ def test_slice_on_a_2d_image_must_be_0(tmp_path):
     with pytest.raises(InputError) as err:
         check_2d_slice({"slice": 3})
     assert err.value.field == "slice"
+
+
+def test_lesions_kept_where_neighbouring_slices_agree():
+    """A one-slice answer is dropped; a lesion through slices 2-5 is kept; a weak one (a tenth of its summed
+    reliability) is dropped by the relative rule, a strong second lesion is kept, best first."""
+    from radvlsm.volume_pipeline import consistent_lesions
+
+    found = np.zeros((8, 20, 20), bool)
+    rel = np.zeros(found.shape, np.float32)
+    found[2:6, 2:8, 2:8], rel[2:6, 2:8, 2:8] = True, 0.9  # the lesion
+    found[7, 15:18, 15:18], rel[7, 15:18, 15:18] = True, 0.95  # a blip on one slice
+    found[0:2, 12:14, 2:4], rel[0:2, 12:14, 2:4] = True, 0.18  # weak, two slices: 0.36 vs 3.6
+    found[3:6, 12:18, 12:18], rel[3:6, 12:18, 12:18] = True, 0.8  # a second lesion: 2.4
+    kept = consistent_lesions(found, rel, min_slices=2, max_lesions=5, relative=0.5)
+    assert [round(score, 2) for _, score in kept] == [3.6, 2.4]
+    assert kept[0][0][2:6, 2:8, 2:8].all() and not kept[0][0][7].any()
+    assert len(consistent_lesions(found, rel, min_slices=2, max_lesions=5, relative=0.0)) == 3
+    assert consistent_lesions(np.zeros_like(found), rel, 2, 3, 0.5) == []
