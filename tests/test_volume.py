@@ -187,3 +187,19 @@ def test_lesions_kept_where_neighbouring_slices_agree():
     assert kept[0][0][2:6, 2:8, 2:8].all() and not kept[0][0][7].any()
     assert len(consistent_lesions(found, rel, min_slices=2, max_lesions=5, relative=0.0)) == 3
     assert consistent_lesions(np.zeros_like(found), rel, 2, 3, 0.5) == []
+
+
+def test_the_volume_cache_keeps_the_last_volumes_and_sees_a_changed_file(synthetic, tmp_path):
+    from radvlsm.volume import VolumeCache
+
+    path, pixels, _ = synthetic
+    cache = VolumeCache(max_items=2)
+    first = cache.load(path)
+    assert cache.load(path) is first  # a second click: no reload
+    changed = write_volume(tmp_path / "v.nrrd", pixels)
+    a = cache.load(changed)
+    write_volume(changed, pixels[::-1].copy())  # the file changes: size or time differ
+    b = cache.load(changed)
+    assert b is not a and np.array_equal(b.pixels[..., 0], pixels[::-1])
+    other = cache.load(write_volume(tmp_path / "w.nrrd", pixels[:5]))
+    assert isinstance(other, Volume) and len(cache._items) == 2 and cache.load(path) is not first  # evicted

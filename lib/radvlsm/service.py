@@ -22,7 +22,7 @@ from radvlsm.io import PIL_SUFFIXES, Image2D, file_suffix, load_image, save_mask
 from radvlsm.params import get_bool, get_choice
 from radvlsm.predictor import Segmentation, SegmentPredictor
 from radvlsm.results import LabelResult  # noqa: F401  (re-exported: the tasks' answer type)
-from radvlsm.volume import Volume, load_input
+from radvlsm.volume import VOLUMES, Volume
 from radvlsm.volume_prompts import requested_slice
 from radvlsm.volume_tasks import sam_on_volume
 
@@ -49,8 +49,9 @@ def check_2d_slice(request: dict[str, Any]) -> None:
 
 
 def load_request_input(request: dict[str, Any]) -> Image2D | Volume:
-    """The request's image: 2D, or a volume (:mod:`radvlsm.volume`) for the tasks that run slice by slice."""
-    return load_input(_request_path(request))
+    """The request's image: 2D, or a volume (:mod:`radvlsm.volume`, the last few kept) for the tasks that run slice
+    by slice."""
+    return VOLUMES.load(_request_path(request))
 
 
 def result_extension(request: dict[str, Any], image: Image2D | Volume) -> str:
