@@ -188,9 +188,9 @@ def report(state: dict, names: list[str], options: dict) -> None:
     print(f"lgg-mri: {len(names)} patients (A = {', '.join(groups['A'])}; B = the others); encoder runtime auto; "
           f"site-adapted = fine_tune on the other half, options {json.dumps(options)}\n")
     print("| models | half | patients | box per slice Dice | one box propagated 3D Dice | "
-          + " | ".join(f"text '{p}' 3D Dice | '{p}' tumour-free slices left empty | '{p}' tumour slices found"
-                       for p in PHRASES) + " |")
-    print("|---" * (4 + 3 * len(PHRASES) + 1) + "|")
+          + " | ".join(f"text '{p}' 3D Dice | '{p}' tumour-free slices left empty | '{p}' tumour slices found | "
+                       f"'{p}' slice-presence accuracy" for p in PHRASES) + " |")
+    print("|---" * (4 + 4 * len(PHRASES) + 1) + "|")
     for variant in ("shipped", "adapted"):
         for half in ("A", "B", "all"):
             chosen = names if half == "all" else groups[half]
@@ -199,7 +199,8 @@ def report(state: dict, names: list[str], options: dict) -> None:
                 continue
             cells = [variant, half, str(len(rows)), mean(rows, "box_slice_dice"), mean(rows, "propagated_dice")]
             for p in PHRASES:
-                cells += [mean(rows, p, "dice"), mean(rows, p, "empty_left_empty"), mean(rows, p, "tumour_found")]
+                cells += [mean(rows, p, "dice"), mean(rows, p, "empty_left_empty"), mean(rows, p, "tumour_found"),
+                          mean(rows, p, "presence_accuracy")]
             print("| " + " | ".join(cells) + " |")
     for half, fit in state.get("fits", {}).items():
         print(f"\nsite-adapted models measured on half {half}: trained on {len(fit['train'])} patients "
