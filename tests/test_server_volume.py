@@ -52,6 +52,18 @@ def test_clicks_on_slice_k_give_a_3d_label_filled_on_k_only(study):
     assert res["lesions"][0]["roi"][4:] == [K, K]  # the answer's roi is on the slice it was asked on
 
 
+def test_a_roi_alone_lands_on_its_own_slice_whatever_slice_slicer_sends(study):
+    """Slicer, starting from a placed ROI with no click, sends the slice view's offset in mm as ``slice`` (here
+    K * 2 mm + 30 mm origin = 40): the roi's own z names the slice."""
+    slicer, _, lesion = study
+    params = {**slicer.config("sam"), "roi": ijk_roi(lesion[K], K), "slice": 40, "foreground": [], "background": [],
+              "label": "lesion"}
+    label_file, res = slicer.infer("sam", VOLUME_ID, params)
+    label, _ = read(label_file)
+    assert filled_slices(label) == {K} and res["slice"] == K and "roi's slice 5" in res["notes"][0]
+    assert dice(label[K] > 0, lesion[K]) >= 0.85
+
+
 def test_propagation_follows_the_lesion_through_its_slices(study):
     slicer, path, lesion = study
     params = {**slicer.config("sam"), "propagate": True, "roi": ijk_roi(lesion[K], K), "slice": K,

@@ -203,3 +203,17 @@ def test_the_volume_cache_keeps_the_last_volumes_and_sees_a_changed_file(synthet
     assert b is not a and np.array_equal(b.pixels[..., 0], pixels[::-1])
     other = cache.load(write_volume(tmp_path / "w.nrrd", pixels[:5]))
     assert isinstance(other, Volume) and len(cache._items) == 2 and cache.load(path) is not first  # evicted
+
+
+def test_a_roi_wins_over_slicers_slice_offset_in_mm():
+    """With only a ROI placed, Slicer sends the Red view's offset in mm as ``slice``: outside the roi's K range (or
+    the volume) the roi's own slice is used, and the answer says so."""
+    from radvlsm.volume_tasks import slice_notes
+
+    n = 11
+    assert prompt_slice({"roi": [90, 50, 70, 40, 6, 6], "slice": 42}, n) == 6  # 42 mm, not a slice index
+    assert prompt_slice({"roi": [90, 50, 70, 40, 5, 7], "slice": 7}, n) == 7  # inside the range: slice wins
+    vol = Volume(np.zeros((n, 4, 4, 1), np.float32))
+    assert slice_notes({"roi": [3, 0, 3, 0, 6, 6], "slice": 42}, vol, 6) and not slice_notes({"slice": 4}, vol, 4)
+    with pytest.raises(InputError):
+        prompt_slice({"boxes": [[1, 2, 3, 4]], "slice": 42}, n)  # no roi: a slice out of range is an error

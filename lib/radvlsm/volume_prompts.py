@@ -78,10 +78,30 @@ def roi_k_range(request: dict[str, Any], n_slices: int) -> tuple[int, int] | Non
     return max(0, int(round(k0))), min(n_slices - 1, int(round(k1)))
 
 
+def slice_disagrees_with_roi(request: dict[str, Any], n_slices: int) -> bool:
+    """Whether ``slice`` lies outside the roi's K range (or outside the volume) while the roi has one.
+
+    Slicer's plugin, when inference starts from a placed ROI with no click, sends as ``slice`` the Red slice
+    view's *offset in millimetres* (``round(abs(GetSliceOffset()))``), which is the K index only for a volume of
+    1 mm slices starting at 0. The roi's own K range (from its IJK corners) is right; it wins then."""
+    roi = roi_k_range(request, n_slices)
+    raw = request.get("slice")
+    if roi is None or raw in (None, ""):
+        return False
+    try:
+        k = float(raw)
+    except (TypeError, ValueError):
+        return False  # requested_slice names the field
+    return not roi[0] <= k <= roi[1]
+
+
 def prompt_slice(request: dict[str, Any], n_slices: int) -> int | None:
-    """The slice a prompted request works on: ``slice``, else the clicks' K, else the roi's middle K."""
-    k = requested_slice(request, n_slices)
+    """The slice a prompted request works on: ``slice`` (unless it disagrees with a roi's K range: see
+    :func:`slice_disagrees_with_roi`), else the clicks' K, else the roi's middle K."""
     roi = roi_k_range(request, n_slices)  # checked whether or not it names the slice
+    if slice_disagrees_with_roi(request, n_slices):
+        return (roi[0] + roi[1]) // 2
+    k = requested_slice(request, n_slices)
     if k is not None:
         return k
     ks = {z for name in ("foreground", "background") for z in _points_k(request, name) if z is not None}

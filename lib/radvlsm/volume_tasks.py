@@ -22,7 +22,7 @@ from radvlsm.predictor import Segmentation, SegmentPredictor
 from radvlsm.propagation import PropagationConfig, propagate
 from radvlsm.results import LabelResult
 from radvlsm.volume import Volume
-from radvlsm.volume_prompts import prompt_slice, requested_range, slice_request
+from radvlsm.volume_prompts import prompt_slice, requested_range, slice_disagrees_with_roi, slice_request
 
 
 class PromptedTask(Protocol):
@@ -59,9 +59,20 @@ def extent_json(mask: np.ndarray, volume: Volume) -> dict[str, Any]:
             "roi": [int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max()), int(zs.min()), int(zs.max())]}
 
 
-def volume_keys(result: dict[str, Any], volume: Volume, k: int | None = None, **keys: Any) -> dict[str, Any]:
+def slice_notes(request: dict[str, Any], volume: Volume, k: int) -> list[str]:
+    """Why the slice worked on is not the ``slice`` the request sent, when it is not."""
+    if not slice_disagrees_with_roi(request, volume.n_slices):
+        return []
+    return [f"slice {request['slice']} lies outside the roi's z range; the roi's slice {k} was used (Slicer sends "
+            "the slice view's offset in mm as slice when only a roi is placed)"]
+
+
+def volume_keys(result: dict[str, Any], volume: Volume, k: int | None = None, request: dict[str, Any] | None = None,
+                **keys: Any) -> dict[str, Any]:
     """The keys every answer on a volume carries; on slice ``k`` the 2D answer's Slicer rois get their z."""
     result.update(image_shape=list(volume.shape[1:]), volume_shape=list(volume.shape), **keys)
+    if k is not None and request is not None and (notes := slice_notes(request, volume, k)):
+        result["notes"] = [*result.get("notes", []), *notes]
     if k is not None:
         result["slice"] = k
         for name in ("lesions", "candidates"):
@@ -85,7 +96,7 @@ def on_slice(run_image: Callable[[Any, dict[str, Any]], LabelResult], volume: Vo
     """A 2D task run on slice ``k``; its label placed in the volume, its markups already on the slice's plane."""
     sub, dropped = slice_request(request, k)
     res = run_image(volume.slice_image(k), sub)
-    volume_keys(res.result, volume, k)
+    volume_keys(res.result, volume, k, request)
     if dropped:
         res.result["ignored_clicks"] = dropped
     return LabelResult(embed(volume, k, res.label), volume, res.result, markups=res.markups)
@@ -119,7 +130,7 @@ def sam_on_volume(service: PromptedTask, volume: Volume, request: dict[str, Any]
                             "predicted_iou_by_slice": {str(z): round(s, 3) for z, s in
                                                        sorted(p.predicted_iou.items())}})
     result = service.result_json(image, seg, multilabel, t_load, t0)
-    volume_keys(result, volume, k, propagated=do_propagate)
+    volume_keys(result, volume, k, request, propagated=do_propagate)
     for entry, extent in zip(result["lesions"], extents, strict=False):
         entry.update(extent)  # its roi is now the whole lesion's
     if do_propagate:

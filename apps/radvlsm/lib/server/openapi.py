@@ -39,7 +39,7 @@ _VOLUME = ("on a volume (NIfTI/NRRD/MHA of several slices): `slice` (0-based K i
            "2D model) or the clicks'/roi's z name the slice; the label has the volume's geometry, filled on that "
            "slice only")
 _VOLUME_RESULT = ("on a volume: `slice`, `volume_shape` [slices, rows, cols], `ignored_clicks` (clicks on other "
-                  "slices, left out)")
+                  "slices, left out), `notes` (e.g. a `slice` outside the roi's z range: the roi's slice is used)")
 
 #: task -> (parameters, result fields, keys that appear only in some answers)
 TASKS: dict[str, dict[str, Any]] = {
@@ -136,7 +136,7 @@ TASKS: dict[str, dict[str, Any]] = {
             ("mask_source, pipeline, head_version, label_names, decoder_version", "where the mask came from"),
             ("latencies_ms", "`queue`: ms the request waited for a server worker"),
         ],
-        "optional": ["message", "slice", "volume_shape", "ignored_clicks", "diagnosis_note"],
+        "optional": ["message", "slice", "volume_shape", "ignored_clicks", "diagnosis_note", "notes"],
     },
 }
 
