@@ -217,3 +217,16 @@ def test_a_roi_wins_over_slicers_slice_offset_in_mm():
     assert slice_notes({"roi": [3, 0, 3, 0, 6, 6], "slice": 42}, vol, 6) and not slice_notes({"slice": 4}, vol, 4)
     with pytest.raises(InputError):
         prompt_slice({"boxes": [[1, 2, 3, 4]], "slice": 42}, n)  # no roi: a slice out of range is an error
+
+
+def test_an_empty_lesion_has_an_empty_extent():
+    from radvlsm.volume_tasks import extent_json
+
+    vol = Volume(np.zeros((3, 4, 4, 1), np.float32), spacing=(0.5, 0.5, 2.0))
+    assert extent_json(np.zeros((3, 4, 4), bool), vol) == {"slices": [], "n_slices": 0, "voxels": 0,
+                                                           "volume_mm3": 0.0}
+    mask = np.zeros((3, 4, 4), bool)
+    mask[1:3, 1, 1:3] = True
+    ext = extent_json(mask, vol)
+    assert ext["slices"] == [1, 2] and ext["voxels"] == 4 and ext["volume_mm3"] == 2.0
+    assert ext["roi"] == [1, 2, 1, 1, 1, 2] and ext["largest_slice_box"] == [1.0, 1.0, 2.0, 1.0]

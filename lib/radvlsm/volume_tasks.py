@@ -50,6 +50,8 @@ def extent_json(mask: np.ndarray, volume: Volume) -> dict[str, Any]:
     Slicer roi ``[x0, x1, y0, y1, z0, z1]`` around all of it."""
     per_slice = mask.reshape(mask.shape[0], -1).sum(1)
     slices = np.nonzero(per_slice)[0]
+    if not len(slices):
+        return {"slices": [], "n_slices": 0, "voxels": 0, "volume_mm3": 0.0}
     best = int(slices[np.argmax(per_slice[slices])])
     zs, ys, xs = np.nonzero(mask)
     voxels = int(per_slice.sum())
@@ -120,6 +122,10 @@ def sam_on_volume(service: PromptedTask, volume: Volume, request: dict[str, Any]
     else:
         encodes = 0
         for i, lesion in enumerate(seg.lesions):
+            if not lesion.mask.any():  # nothing on the prompted slice: nothing to carry
+                extents.append({**extent_json(lesion.mask[None], volume), "stopped": {"down": "empty mask",
+                                                                                       "up": "empty mask"}})
+                continue
             p = propagate(service.predictor, volume, k, lesion.mask, lesion.score, first, last, PropagationConfig())
             encodes += p.encodes
             lesion_mask = np.zeros(volume.shape, bool)
