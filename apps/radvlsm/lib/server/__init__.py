@@ -13,8 +13,9 @@ One entry per module: what MONAI Label 0.8.5 gets wrong -> what the fix does; dr
   ``tests/test_faults.py`` pass with the plain ``LocalDatastore`` and ``../`` ids are a 4xx.
 * ``dicomweb``: the DICOMweb datastore downloads dcmqi from GitHub at start-up, cannot write a SEG for a 2D image
   and fetches the image series when asked its final label -> ``DICOMWeb2DDatastore`` writes the SEG with
-  pydicom-seg, refuses empty/mis-sized labels (422) and answers labels from the cache; drop when upstream starts
-  offline and ``tests/test_server_dicomweb.py`` passes on MONAI Label's own ``DICOMWebDatastore``.
+  pydicom-seg (a series' 3D label too), refuses empty/mis-sized labels (422) and answers labels from the cache;
+  drop when upstream starts offline and ``tests/test_server_dicomweb.py`` and ``tests/test_server_dicomweb_volume.py``
+  pass on MONAI Label's own ``DICOMWebDatastore``.
 * ``openapi``: ``POST /infer/{model}`` is documented once for all models (``params`` a bare string, result "{}") ->
   the schema lists the served tasks with their parameters, result fields and examples (``openapi_examples.json``);
   drop when upstream lets an infer task describe its own parameters and result in the OpenAPI schema.
