@@ -13,8 +13,8 @@ from radvlsm.geometry import parse_prompts
 from radvlsm.io import Image2D, load_mask
 from radvlsm.params import get_bool, get_int
 from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline
-from radvlsm.service import LabelResult, check_2d_slice, load_request_input
-from radvlsm.volume import Volume, load_label_for
+from radvlsm.service import LabelResult, run_on_input
+from radvlsm.volume import Volume, load_label_for, slice_areas
 from radvlsm.volume_pipeline import DIAGNOSIS_MODALITIES, text_on_volume
 from radvlsm.volume_prompts import prompt_slice, requested_range
 from radvlsm.volume_tasks import on_slice, volume_keys
@@ -35,11 +35,7 @@ class PipelineService:
         self.default_text = default_text
 
     def run(self, request: dict[str, Any]) -> LabelResult:
-        image = load_request_input(request)
-        if isinstance(image, Volume):
-            return self.run_volume(image, request)
-        check_2d_slice(request)
-        return self.run_image(image, request)
+        return run_on_input(request, self.run_image, self.run_volume)
 
     def run_image(self, image: Image2D, request: dict[str, Any]) -> LabelResult:
         opts = pipeline_options(request, self.default_text)
@@ -95,11 +91,7 @@ class DiagnosisService:
         self.default_text = default_text
 
     def run(self, request: dict[str, Any]) -> LabelResult:
-        image = load_request_input(request)
-        if isinstance(image, Volume):
-            return self.run_volume(image, request)
-        check_2d_slice(request)
-        return self.run_image(image, request)
+        return run_on_input(request, self.run_image, self.run_volume)
 
     def run_image(self, image: Image2D, request: dict[str, Any], label: np.ndarray | None = None) -> LabelResult:
         """The JSON, and the lesion mask(s) it diagnosed as the label (lesion i = i+1), so that clients that
@@ -120,7 +112,7 @@ class DiagnosisService:
         k = prompt_slice(request, volume.n_slices)
         label = load_label_for(request["label"], volume) if request.get("label") else None
         if k is None and label is not None and label.any():
-            k = int(np.argmax(label.reshape(label.shape[0], -1).astype(bool).sum(1)))
+            k = int(np.argmax(slice_areas(label)))
         if k is None:
             first, last = requested_range(request, volume.n_slices)
             found = text_on_volume(self.pipeline, volume,

@@ -105,9 +105,8 @@ def propagate(predictor: SegmentPredictor, volume: Volume, k: int, mask: np.ndar
     out.encodes += 0 if seed_enc.cache_hit else 1
     seed = pooled_embedding(seed_enc, out.masks[k])
     for name, step, end in (("down", -1, first), ("up", 1, last)):
-        prev, z = out.masks[k], k + step
-        reason = "end of the slice range"
-        while (z >= end) if step < 0 else (z <= end):
+        prev = out.masks[k]
+        for z in range(k + step, end + step, step):
             enc = predictor.encode(volume.slice_image(z))
             out.encodes += 0 if enc.cache_hit else 1
             box = grow_box(mask_to_box(prev), prev.shape, cfg.margin)
@@ -125,9 +124,11 @@ def propagate(predictor: SegmentPredictor, volume: Volume, k: int, mask: np.ndar
                           f"to the lesion {judged[1]:.2f})")
             else:
                 out.masks[z], out.predicted_iou[z] = m, s
-                prev, z = m, z + step
+                prev = m
                 continue
             break
+        else:
+            reason = "end of the slice range"
         out.stopped[name] = reason
     out.ms = (time.perf_counter() - t0) * 1e3
     return out

@@ -16,7 +16,7 @@ from radvlsm.predictor import SegmentPredictor
 from radvlsm.proposals.base import DEFAULT_TOP_K, BoxProposer, Proposal
 from radvlsm.proposals.phrases import DEFAULT_PHRASE
 from radvlsm.proposals.refine import refine_candidates
-from radvlsm.service import LabelResult, check_2d_slice, load_request_image, load_request_input
+from radvlsm.service import LabelResult, load_request_image, run_on_input
 from radvlsm.text import validate_text
 from radvlsm.volume import Volume
 from radvlsm.volume_tasks import on_slice, required_slice
@@ -88,11 +88,10 @@ class ProposalService:
         return image, proposals, result
 
     def run(self, request: dict[str, Any]) -> LabelResult:
-        image = load_request_input(request)
-        if isinstance(image, Volume):
-            return on_slice(self.run_image, image, request, required_slice(request, image, "box_proposal"))
-        check_2d_slice(request)
-        return self.run_image(image, request)
+        return run_on_input(request, self.run_image, self.run_volume)
+
+    def run_volume(self, volume: Volume, request: dict[str, Any]) -> LabelResult:
+        return on_slice(self.run_image, volume, request, required_slice(request, volume, "box_proposal"))
 
     def run_image(self, image: Image2D, request: dict[str, Any]) -> LabelResult:
         image, proposals, result = self.propose(request, image)

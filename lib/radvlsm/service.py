@@ -12,6 +12,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -52,6 +53,16 @@ def load_request_input(request: dict[str, Any]) -> Image2D | Volume:
     """The request's image: 2D, or a volume (:mod:`radvlsm.volume`, the last few kept) for the tasks that run slice
     by slice."""
     return VOLUMES.load(_request_path(request))
+
+
+def run_on_input(request: dict[str, Any], run_image: Callable[[Image2D, dict[str, Any]], LabelResult],
+                 run_volume: Callable[[Volume, dict[str, Any]], LabelResult]) -> LabelResult:
+    """The request's image to ``run_image`` (after :func:`check_2d_slice`), or its volume to ``run_volume``."""
+    image = load_request_input(request)
+    if isinstance(image, Volume):
+        return run_volume(image, request)
+    check_2d_slice(request)
+    return run_image(image, request)
 
 
 def result_extension(request: dict[str, Any], image: Image2D | Volume) -> str:

@@ -82,6 +82,16 @@ class Volume:
 WINDOW_SAMPLE = 2_000_000
 
 
+def slice_areas(mask: np.ndarray) -> np.ndarray:
+    """Non-zero voxels on each slice of a ``(slices, rows, cols)`` mask: ``(slices,)``."""
+    return np.count_nonzero(np.asarray(mask).reshape(len(mask), -1), axis=1)
+
+
+def filled_slices(mask: np.ndarray) -> np.ndarray:
+    """Indices of the slices where a ``(slices, rows, cols)`` mask is non-zero, in order."""
+    return np.nonzero(slice_areas(mask))[0]
+
+
 def _intensity_window(pixels: np.ndarray, dtype: np.dtype) -> tuple[float, float] | None:
     if dtype == np.uint8:
         return None

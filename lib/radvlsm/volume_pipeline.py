@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline
-from radvlsm.volume import Volume
+from radvlsm.volume import Volume, filled_slices
 from radvlsm.volume_tasks import extent_json, volume_keys
 
 #: what the diagnosis head was trained on; other modalities get a note instead of a probability
@@ -71,8 +71,8 @@ def text_on_volume(pipeline: RadVLSMPipeline, volume: Volume, opts: PipelineOpti
     for i, (mask, score) in enumerate(lesions):
         label[mask] = i + 1
         entries.append({"label": i + 1, **extent_json(mask, volume), "reliability": round(score, 4)})
-    kept = set().union(*(set(np.nonzero(m.reshape(m.shape[0], -1).any(1))[0].tolist()) for m, _ in lesions))
-    answered = set(np.nonzero(found.reshape(found.shape[0], -1).any(1))[0].tolist())
+    kept = set().union(*(set(filled_slices(m).tolist()) for m, _ in lesions))
+    answered = set(filled_slices(found).tolist())
     masks = [m for m, _ in lesions]
     result: dict[str, Any] = {
         "text": opts.text, "found": bool(entries), "lesions": entries, "slices": [first, last],
@@ -107,7 +107,7 @@ def consistent_lesions(found: np.ndarray, reliability: np.ndarray, min_slices: i
     out = []
     for i in range(1, n + 1):
         mask = components == i
-        on = np.nonzero(mask.reshape(mask.shape[0], -1).any(1))[0]
+        on = filled_slices(mask)
         if len(on) < min_slices:
             continue
         score = float(sum(reliability[z][mask[z]].max() for z in on))

@@ -21,7 +21,7 @@ from radvlsm.params import get_bool
 from radvlsm.predictor import Segmentation, SegmentPredictor
 from radvlsm.propagation import PropagationConfig, propagate
 from radvlsm.results import LabelResult
-from radvlsm.volume import Volume
+from radvlsm.volume import Volume, slice_areas
 from radvlsm.volume_prompts import prompt_slice, requested_range, slice_disagrees_with_roi, slice_request
 
 
@@ -48,7 +48,7 @@ def embed(volume: Volume, k: int, label: np.ndarray | None) -> np.ndarray | None
 def extent_json(mask: np.ndarray, volume: Volume) -> dict[str, Any]:
     """Where a 3D lesion mask lies: its slices, voxels, volume in mm^3, its largest slice and box there, and the
     Slicer roi ``[x0, x1, y0, y1, z0, z1]`` around all of it."""
-    per_slice = mask.reshape(mask.shape[0], -1).sum(1)
+    per_slice = slice_areas(mask)
     slices = np.nonzero(per_slice)[0]
     if not len(slices):
         return {"slices": [], "n_slices": 0, "voxels": 0, "volume_mm3": 0.0}

@@ -70,13 +70,12 @@ EMPTY_SLICES_PER_LESION_SLICE = 1.0
 def volume_samples(sample: TrainSample) -> list[TrainSample]:
     """A 2D sample as it is; a volume's label as its slices: every slice with a lesion, and lesion-free slices
     (evenly spread, :data:`EMPTY_SLICES_PER_LESION_SLICE`) when the label marks some lesion."""
-    from radvlsm.volume import Volume, load_input, load_volume_label
+    from radvlsm.volume import Volume, load_input, load_volume_label, slice_areas
 
     volume = load_input(sample.image_path)
     if not isinstance(volume, Volume):
         return [sample]
-    label = load_volume_label(sample.mask_path, volume) > 0
-    on = label.reshape(label.shape[0], -1).any(1)
+    on = slice_areas(load_volume_label(sample.mask_path, volume)) > 0
     lesion, empty = np.nonzero(on)[0], np.nonzero(~on)[0]
     keep = min(len(empty), int(round(EMPTY_SLICES_PER_LESION_SLICE * len(lesion))))
     chosen = empty[np.linspace(0, len(empty) - 1, keep).round().astype(int)] if keep else empty[:0]
