@@ -95,3 +95,14 @@ def server(tmp_path_factory) -> Server:
     srv = start_server(tmp_path_factory.mktemp("server"))
     yield srv
     stop_server(srv.proc)
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    """A real Orthanc on free loopback ports with a throw-away storage, one per test module that asks for it
+    (those modules skip with ``tests.orthanc.needs_orthanc`` where it is not installed)."""
+    from tests.orthanc import start_orthanc, stop_orthanc  # tests.orthanc imports this module
+
+    o = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield o
+    stop_orthanc(o.proc)

@@ -24,7 +24,7 @@ from PIL import Image
 from radvlsm.dicom import read_seg
 from radvlsm.io import load_image, load_mask
 from tests.conftest import ROOT, SAMPLES, dice, reference, stop_server, tight_box
-from tests.orthanc import needs_orthanc, start_dicomweb_app, start_orthanc, stop_orthanc, upload_samples
+from tests.orthanc import needs_orthanc, start_dicomweb_app, upload_samples
 
 pytestmark = [pytest.mark.e2e, needs_orthanc]
 CASES = ["bus_0075-r", "bus_1033-r"]  # a portrait and a landscape image, as an ultrasound scanner writes them
@@ -40,13 +40,6 @@ def browser_missing() -> str:
     if not PLAYWRIGHT.is_dir() or not shutil.which("node"):
         return f"node or playwright-core ({PLAYWRIGHT}) is missing; run scripts/install_dicomweb_test_deps.sh"
     return ""
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    o = start_orthanc(tmp_path_factory.mktemp("orthanc"))
-    yield o
-    stop_orthanc(o.proc)
 
 
 @pytest.fixture(scope="module")

@@ -19,19 +19,12 @@ from PIL import Image
 
 from radvlsm.dicom import read_seg
 from tests.conftest import dice, stop_server
-from tests.orthanc import needs_orthanc, start_dicomweb_app, start_orthanc, stop_orthanc
+from tests.orthanc import needs_orthanc, start_dicomweb_app
 from tests.test_server_dicomweb import ARTEFACTS, browser_missing, run_browser
 from tests.volumes import DIRECTION, ORIGIN, SPACING, ijk_roi, lesion_volume, volume_to_mr_series
 
 pytestmark = [pytest.mark.e2e, needs_orthanc]
 K = 5
-
-
-@pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
-    o = start_orthanc(tmp_path_factory.mktemp("orthanc-volume"))
-    yield o
-    stop_orthanc(o.proc)
 
 
 @pytest.fixture(scope="module")
