@@ -1,12 +1,12 @@
 """One lesion through a volume: each next slice is prompted with the box of the previous slice's mask.
 
 A 2D box-prompted segmenter (LiteMedSAM) answers a box with *something*, so where to stop is the question; SAM's
-predicted IoU does not answer it (past a tumour's end it still segments tissue with a predicted IoU of 0.7-0.8).
+predicted IoU does not answer it (past a tumour's end it still segments tissue with a high predicted IoU).
 What does: **the mask looks more like its own surroundings than like the lesion**. The encoder's embedding pooled
 inside the new mask is compared (cosine) with the embedding pooled inside the seed slice's mask and with the one
-pooled in a ring around the new mask; the direction stops when the ring is the closer. Measured on 5 of the 10
-lgg-mri patients (the rule was picked there, ``benchmarks/bench_volume.py`` reports the other 5 apart): tumour
-slices had seed similarity 0.88 and ring similarity 0.65 on average, slices past the tumour 0.56 and 0.93.
+pooled in a ring around the new mask; the direction stops when the ring is the closer. The rule was picked on 5
+of the 10 lgg-mri patients, where tumour slices were closer to the seed than to their ring and slices past the
+tumour the other way round; ``benchmarks/bench_volume.py`` reports the other 5 apart.
 
 A direction also stops where the mask vanishes (under ``min_area_px``), where SAM's predicted IoU falls under
 ``min_predicted_iou``, where the mask overlaps the previous one (in plane) less than ``min_overlap`` (it jumped to
