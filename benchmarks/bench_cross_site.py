@@ -3,6 +3,7 @@ proposer never trained on?
 
     python benchmarks/bench_cross_site.py [--proposer model/qformer_lite/qformer_lite.pt] [--tag shipped]
         [--sets uclm-lesion uclm-normal busbra-fold5 kvasir-val ddti-test] [--limit N] [--diagnosis]
+        [--mask-ranker auto|off|FILE]
 
 A proposer checkpoint is evaluated through the code the server runs: the served predictor (encoder runtime
 ``auto``, as ``--conf runtime`` defaults) and :class:`radvlsm.pipeline.RadVLSMPipeline` with its defaults. Each set
@@ -187,10 +188,12 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
     ap.add_argument("--diagnosis", action="store_true", help="also the diagnosis AUC on uclm-lesion")
     ap.add_argument("--runtime", default="auto", help="encoder runtime (the server's default: auto)")
+    ap.add_argument("--mask-ranker", default="auto",
+                    help="the pipeline's mask ranker: auto (the server's default), off, or a ranker file")
     args = ap.parse_args()
     stack = stack_for(runtime=args.runtime, disk_cache=DISK_CACHE,
                       qformer_checkpoint=str(args.proposer) if args.proposer else None,
-                      diagnosis_dir=str(DIAGNOSIS_DIR), diagnose=args.diagnosis)
+                      diagnosis_dir=str(DIAGNOSIS_DIR), diagnose=args.diagnosis, mask_ranker=args.mask_ranker)
     predictor = stack.predictor
     rec = Recording(stack.proposer)
     pipe = pipeline_over(stack, rec)  # the stack's pipeline, its proposer's answers kept
@@ -204,8 +207,10 @@ def main() -> None:
         if d is not None:
             diag = diagnosis_lines(rows, uclm_pathology())
     ckpt = args.proposer or "model/qformer_lite/qformer_lite.pt (shipped)"
-    print(f"Proposer {ckpt}; encoder runtime {predictor.runtime.name}; radvlsm pipeline defaults; label > 0 vs the "
-          f"mask. Reference = the sam task with the lesion's tight box on the same images.\n")
+    ranker = stack.mask_ranker
+    ranked = f"mask ranker {stack.settings.ranker_path} (version {ranker.version})" if ranker else "no mask ranker"
+    print(f"Proposer {ckpt}; {ranked}; encoder runtime {predictor.runtime.name}; radvlsm pipeline defaults; label > 0 "
+          f"vs the mask. Reference = the sam task with the lesion's tight box on the same images.\n")
     print("| set | phrase | images | text Dice mean | median | reference-box Dice | text / reference | top-1 IoU>=0.5 "
           "| no lesion | lesion returned (normals) | targets |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -80,7 +80,7 @@ class RadVLSMPipeline:
         # The user's boxes are all kept; proposals are ranked and filtered by reliability.
         sel = SelectionConfig(max_lesions=len(candidates), relative=0.0) if user_boxes else opts.selection
         lesions = aggregate(self.predictor, enc, candidates, opts.aggregation, sel,
-                            None if user_boxes else proposal.heatmap)
+                            None if user_boxes or proposal.ranked else proposal.heatmap)
         if prompts is not None and len(prompts.points) and lesions:
             lesions = self._apply_clicks(enc, lesions, prompts)
         times["aggregate"] = (time.perf_counter() - t2) * 1e3

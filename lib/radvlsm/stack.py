@@ -25,6 +25,7 @@ from radvlsm.versions.locations import decoder_store, head_store, proposer_store
 
 if TYPE_CHECKING:
     from radvlsm.diagnosis.head import Diagnoser
+    from radvlsm.mask_ranking import MaskRanker
     from radvlsm.pipeline import RadVLSMPipeline
     from radvlsm.predictor import SegmentPredictor
     from radvlsm.proposals.base import BoxProposer
@@ -68,6 +69,9 @@ class Settings:
     site_exemplars: bool = False
     template_exemplars: int = 200
     blip2_path: str | None = None
+    #: ``auto``: the shipped mask ranker (``model/mask_ranker``) when it was trained with the served proposer
+    #: checkpoint; ``off``; or a ranker file (:mod:`radvlsm.mask_ranking`)
+    mask_ranker: str = "auto"
     model_dir: str = str(MODEL_DIR)
     diagnose: bool = True
     warm_up: bool = True
@@ -92,12 +96,23 @@ class Settings:
             site_exemplars=conf.get("site_exemplars", "false").lower() == "true",
             template_exemplars=int(conf.get("template_exemplars", "200")),
             blip2_path=conf.get("blip2_path") or None,
+            mask_ranker=conf.get("mask_ranker", "auto") or "auto",
             model_dir=str(model_dir) if model_dir is not None else str(MODEL_DIR),
         )
 
     @property
     def qformer_path(self) -> str:
         return self.qformer_checkpoint or os.path.join(self.model_dir, "qformer_lite", "qformer_lite.pt")
+
+    @property
+    def ranker_path(self) -> str | None:
+        """The mask ranker file asked for (``auto``: the shipped one, if there is one), or None (``off``)."""
+        if self.mask_ranker == "off":
+            return None
+        if self.mask_ranker == "auto":
+            path = os.path.join(self.model_dir, "mask_ranker", "ranker.json")
+            return path if os.path.exists(path) else None
+        return self.mask_ranker
 
     @property
     def head_dir(self) -> str:
@@ -196,11 +211,41 @@ class Stack:
         return self._once("proposer", self._build_proposer)
 
     def _build_proposer(self) -> BoxProposer:
-        if not self.settings.site_exemplars:
-            return self.text_proposer
-        from radvlsm.proposals.site_exemplars import ExemplarAssistedProposer
+        proposer: BoxProposer = self.text_proposer
+        if self.settings.site_exemplars:
+            from radvlsm.proposals.site_exemplars import ExemplarAssistedProposer
 
-        return ExemplarAssistedProposer(self.text_proposer, self.site, self.settings.text)
+            proposer = ExemplarAssistedProposer(proposer, self.site, self.settings.text)
+        ranker = self.mask_ranker
+        if ranker is None:
+            return proposer
+        from radvlsm.proposals.ranked import RankedProposer
+
+        return RankedProposer(proposer, self.predictor, ranker)
+
+    @property
+    def mask_ranker(self) -> MaskRanker | None:
+        """The pipeline's second stage (:mod:`radvlsm.mask_ranking`), or None. ``auto`` uses the shipped ranker only
+        over the proposer checkpoint it was trained with (its features read that proposer's relevance map)."""
+        return self._once("mask_ranker", self._build_mask_ranker)
+
+    def _build_mask_ranker(self) -> MaskRanker | None:
+        from radvlsm.mask_ranking import MaskRanker
+        from radvlsm.models.registry import file_version
+
+        path = self.settings.ranker_path
+        if path is None:
+            return None
+        ranker = MaskRanker.load(path)
+        proposer = file_version(self.settings.qformer_path)
+        if ranker.proposer and ranker.proposer != proposer:
+            if self.settings.mask_ranker == "auto":
+                logger.info(f"radvlsm: mask ranker {path} was trained over another proposer checkpoint; not used")
+                return None
+            logger.warning(f"radvlsm: mask ranker {path} was trained over proposer {ranker.proposer}, "
+                           f"serving {proposer}")
+        logger.info(f"radvlsm: mask ranker {path} (version {ranker.version})")
+        return ranker
 
     @property
     def blip2(self) -> BoxProposer | None:

@@ -47,6 +47,9 @@ class Proposal:
     timings_ms: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # e.g. "the exemplar bank is empty"
     version: str = ""  # which weights answered ("shipped", or a fine-tune's "v0001"), when the backend has versions
+    #: candidates ranked by what the segmenter made of them (:mod:`radvlsm.proposals.ranked`): the aggregation then
+    #: ranks and weights by that score alone, not again by the relevance map
+    ranked: bool = False
 
 
 class BoxProposer(Protocol):
