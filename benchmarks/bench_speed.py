@@ -3,7 +3,7 @@
     # the Dice gate: every BUS-BRA fold-5 image, ground-truth boxes, each runtime vs eager (writes gates.json)
     python benchmarks/bench_speed.py --dice
     # latencies through a real MONAI Label server on loopback, same images for every runtime
-    python benchmarks/bench_speed.py --limit 10
+    python benchmarks/bench_speed.py --limit 10 [--conf mask_ranker=off ...]
     # where a cached prompt's time goes (in process), and the mask decoder's FLOPs
     python benchmarks/bench_speed.py --profile
 
@@ -211,12 +211,12 @@ def in_process(stack: Stack, runtime: str, items) -> dict:
     return {"first": first, "cached": cached, "dice": dices}
 
 
-def through_server(runtime: str, items, batch_items, tmp: Path) -> dict:
+def through_server(runtime: str, items, batch_items, tmp: Path, conf: dict[str, str] | None = None) -> dict:
     studies = tmp / "studies"  # start_server serves tmp/studies (and seeds it only when missing)
     studies.mkdir(parents=True)
     for img_path, _, case in batch_items:
         shutil.copy(img_path, studies / f"{case}{img_path.suffix}")
-    srv = start_server(tmp, conf={"runtime": runtime, "models": "sam,radvlsm"}, timeout=900)
+    srv = start_server(tmp, conf={"runtime": runtime, "models": "sam,radvlsm", **(conf or {})}, timeout=900)
     try:
         first, cached, pipeline, runtimes = [], [], [], set()
         for img_path, mask_path, case in items:
@@ -249,7 +249,7 @@ def run_latency(args, stack: Stack) -> None:
              if g["backbone"] == backbone.name and g["version"] == backbone.version} if GATES.exists() else {}
     print(f"{args.dataset}: {len(items)} images for latency, {len(batch_items)} others for batch pre-annotation; "
           f"{backbone.name}@{backbone.version}; {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads; "
-          f"load average at start {os.getloadavg()[0]:.1f}\n")
+          f"load average at start {os.getloadavg()[0]:.1f}; server --conf {' '.join(args.conf) or '(defaults)'}\n")
     print("| runtime | first prompt ms (REST, new image) | cached prompt ms (REST) | in-process cached ms "
           "| REST overhead | pipeline ms (REST, new image) | batch images/s | Dice (these images, GT box) "
           "| Dice gate (full set) |")
@@ -258,7 +258,7 @@ def run_latency(args, stack: Stack) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in names:
             local = in_process(stack, n, items)
-            remote = through_server(n, items, batch_items, Path(tmp) / n)
+            remote = through_server(n, items, batch_items, Path(tmp) / n, dict(kv.split("=", 1) for kv in args.conf))
             overhead = med(remote["cached"]) / med(local["cached"]) - 1
             g = gates.get(n)
             gate = (f"{g['dice_mean']:.4f} ({g['dice_delta']:+.4f}, {g['images']} img, "
@@ -336,6 +336,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=20, help="--profile: calls profiled per runtime")
     ap.add_argument("--batch", type=int, default=10, help="latency run: images pre-annotated by batch infer")
     ap.add_argument("--dice", action="store_true", help="the Dice gate run (full set unless --limit)")
+    ap.add_argument("--conf", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="latency run: more --conf of the server (e.g. qformer_checkpoint=..., mask_ranker=off)")
     ap.add_argument("--write-partial", action="store_true",
                     help="record an unfinished Dice run in gates.json (marked incomplete; auto ignores it)")
     args = ap.parse_args()

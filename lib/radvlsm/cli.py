@@ -91,7 +91,8 @@ def settings_of(args: argparse.Namespace) -> Settings:
     trained_dir = args.trained_dir or (default_trained_dir(args.studies, str(APP_DIR)) if args.studies else None)
     return Settings(backbone=args.backbone, checkpoint=args.checkpoint, device=args.device, runtime="eager",
                     trained_dir=trained_dir, qformer_checkpoint=args.qformer_checkpoint,
-                    diagnosis_dir=args.diagnosis_dir, text=args.text, diagnose=not args.no_diagnose, warm_up=False)
+                    diagnosis_dir=args.diagnosis_dir, text=args.text, diagnose=not args.no_diagnose, warm_up=False,
+                    mask_ranker=args.mask_ranker)
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     seg.add_argument("--checkpoint", default=None)
     seg.add_argument("--qformer-checkpoint", default=None)
     seg.add_argument("--diagnosis-dir", default=None)
+    seg.add_argument("--mask-ranker", default="auto", metavar="auto|off|FILE",
+                     help="rank SAM's candidate masks (auto: the shipped ranker over the proposer it was trained with)")
     seg.add_argument("--device", default="cpu")
     seg.add_argument("--studies", default=None, metavar="DIR",
                      help="the app's studies folder: serve the versions trained on its labels "

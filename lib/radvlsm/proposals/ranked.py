@@ -2,8 +2,9 @@
 
 The wrapped proposer still decides whether the phrase's object is in the image (its image-text match and presence
 rule) and gives its relevance map; the candidates become its relevance components and box head plus class-agnostic
-contrast blobs (:mod:`radvlsm.proposals.regions`), each decoded, tightened and scored by the mask ranker. The
-answer's boxes are the tightened ones, best first, and carry where they came from.
+contrast blobs (:mod:`radvlsm.proposals.regions`), each decoded (and, for a ranker trained so, decoded again from
+its mask's own box) and scored by the mask ranker. The answer's boxes are those the scored masks were decoded
+from, best first, and carry where they came from.
 """
 
 from __future__ import annotations
@@ -70,12 +71,12 @@ class RankedProposer:
             return proposal
         t0 = time.perf_counter()
         boxes, sources = ranking_boxes(image, proposal, self.ranker.max_heat, self.ranker.max_blobs)
-        logits, ious, tight, origin = decode_candidates(self.predictor, enc, boxes, two_pass=self.ranker.two_pass)
-        feats = region_features(logits, ious, tight, enc, image, proposal.heatmap, proposal.match_score)
+        logits, ious, decoded, origin = decode_candidates(self.predictor, enc, boxes, two_pass=self.ranker.two_pass)
+        feats = region_features(logits, ious, decoded, enc, image, proposal.heatmap, proposal.match_score)
         scores = self.ranker.score(feats) if len(feats) else np.zeros(0, np.float32)
         order = np.argsort(-scores)[:top_k]
         notes = list(proposal.notes)
-        candidates = [Candidate([float(v) for v in tight[i]], float(scores[i]), proposal.backend,
+        candidates = [Candidate([float(v) for v in decoded[i]], float(scores[i]), proposal.backend,
                                 {"source": sources[origin[i]], "ranker": round(float(scores[i]), 4),
                                  "predicted_iou": round(float(ious[i]), 4)}) for i in order]
         if not candidates or candidates[0].score < self.ranker.min_score:
