@@ -75,7 +75,7 @@ class RankedProposer:
         feats = region_features(logits, ious, decoded, enc, image, proposal.heatmap, proposal.match_score)
         scores = self.ranker.score(feats) if len(feats) else np.zeros(0, np.float32)
         order = np.argsort(-scores)[:top_k]
-        notes = list(proposal.notes)
+        notes = list(proposal.notes) + [f"candidate masks ranked by mask_ranker {self.ranker.version}"]
         candidates = [Candidate([float(v) for v in decoded[i]], float(scores[i]), proposal.backend,
                                 {"source": sources[origin[i]], "ranker": round(float(scores[i]), 4),
                                  "predicted_iou": round(float(ious[i]), 4)}) for i in order]

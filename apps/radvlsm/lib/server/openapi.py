@@ -109,7 +109,8 @@ TASKS: dict[str, dict[str, Any]] = {
             ("encodes, cache_hit, latencies_ms", "1 on a new image, 0 after; per stage in ms"),
             ("image_shape, runtime, label_names, decoder_version", "as for `sam`"),
             ("notes", "optional: how the proposer decided, e.g. presence from the class-agnostic phrase when the "
-                      "typed one matched below the threshold (checkpoints with a mismatch floor)"),
+                      "typed one matched below the threshold (checkpoints with a mismatch floor), or that the "
+                      "candidate masks were ranked by the mask ranker (`--conf mask_ranker`)"),
             ("slices, slices_with_lesion, slices_dropped, match_score_by_slice, volume_shape, diagnosis_note",
              "on a whole volume: the range run, where lesions were kept and where one-slice answers were dropped; "
              "each lesion has `slices`, `n_slices`, `voxels`, `volume_mm3`, `largest_slice(_box)`, `roi`, "
