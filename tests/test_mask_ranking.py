@@ -11,7 +11,7 @@ import pytest
 
 from radvlsm.errors import CheckpointError
 from radvlsm.io import Image2D, load_image
-from radvlsm.mask_ranking import FEATURES, MaskRanker, candidate_features, grid_boxes
+from radvlsm.mask_ranking import FEATURES, MaskRanker, candidate_features
 from radvlsm.proposals.boxes import box_iou
 from radvlsm.proposals.regions import contrast_blobs
 from radvlsm.stack import Settings, Stack
@@ -48,13 +48,6 @@ def test_contrast_blob_boxes_the_dark_disk_in_sam_order():
 def test_contrast_blobs_on_a_flat_image_are_none():
     boxes, scores = contrast_blobs(Image2D(np.full((200, 240, 1), 90, np.uint8)))
     assert boxes.shape == (0, 4) and scores.shape == (0,)
-
-
-def test_grid_boxes_tile_the_image():
-    boxes = grid_boxes((300, 520), (0.5,))
-    assert boxes.shape == (9, 4)
-    assert boxes[:, 0].min() == 0 and boxes[:, 1].min() == 0
-    assert boxes[:, 2].max() == pytest.approx(519) and boxes[:, 3].max() == pytest.approx(299)
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,11 @@
 The relevance map of a proposer trained on a few sites fires on dark structures of a new site (shadowing, fat,
 burnt-in text). What a lesion looks like to the segmenter travels better: a mask SAM is sure of (predicted IoU,
 stability), compact and filling its box, darker or brighter than a ring around it, distinct from its ring in
-the embedding, away from the image's edges. Candidates are the proposer's relevance components plus a grid of
-boxes (so a lesion the map missed can still be found); each is decoded, tightened once (LiteMedSAM answers best
-to a box around the object), and described by :data:`FEATURES`.
+the embedding, away from the image's edges. Candidates are the proposer's relevance components plus contrast
+blobs from the image alone (:mod:`radvlsm.proposals.regions`, so a lesion the map missed can still be found); each
+is decoded (optionally once more from its mask's own box: LiteMedSAM answers best to a box around the object) and
+described by :data:`FEATURES`. A grid of boxes instead of blobs was tried first: every box costs a decoder pass,
+and a grid dense enough for small lesions took seconds per image on a CPU, so the candidates stay few.
 """
 
 from __future__ import annotations
@@ -25,23 +27,6 @@ from radvlsm.proposals.boxes import box_iou
 FEATURES = ("predicted_iou", "stability", "area", "fill", "compactness", "cx", "cy", "border", "largest_part",
             "inside_z", "contrast", "inside_spread", "posterior", "heat_mean", "heat_coverage", "heat_peak",
             "embedding_ring_cos", "box_fit", "log_aspect", "heat_ring", "match")
-
-#: box sides as fractions of the image's width and height; the stride is half a side
-GRID_FRACTIONS = (0.18, 0.28, 0.42)
-
-
-def grid_boxes(shape: tuple[int, int], fractions: tuple[float, ...] = GRID_FRACTIONS) -> np.ndarray:
-    """``[x0, y0, x1, y1]`` boxes tiling the image at each fraction of its sides, half-overlapping."""
-    rows, cols = shape
-    out = []
-    for f in fractions:
-        n = int(np.floor((1 - f) / (f / 2) + 1e-6)) + 1
-        starts = np.linspace(0, 1 - f, n)
-        for y in starts:
-            for x in starts:
-                out.append([x * cols, y * rows, (x + f) * cols - 1, (y + f) * rows - 1])
-    return np.array(out, np.float32)
-
 
 def _mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight ``[x0, y0, x1, y1]`` of each ``(N, h, w)`` mask on its grid (zeros for an empty mask)."""
