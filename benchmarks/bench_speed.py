@@ -341,6 +341,9 @@ def main() -> None:
     ap.add_argument("--write-partial", action="store_true",
                     help="record an unfinished Dice run in gates.json (marked incomplete; auto ignores it)")
     args = ap.parse_args()
+    bad = [kv for kv in args.conf if "=" not in kv or not kv.split("=", 1)[0]]
+    if bad:
+        ap.error(f"--conf takes KEY=VALUE, got {' '.join(bad)}")
     if not args.dice and args.limit is None:
         args.limit = 10
     # the runtimes compared share these settings (CPU, no disk cache, no warm-up); each runtime gets its own stack

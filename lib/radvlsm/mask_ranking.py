@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from radvlsm.aggregation import stability
 from radvlsm.errors import CheckpointError
 from radvlsm.io import Image2D
 from radvlsm.predictor import Encoded, SegmentPredictor
@@ -129,9 +130,7 @@ def region_features(logits: torch.Tensor, ious: np.ndarray, boxes: np.ndarray, e
     emb = enc.embedding[0].float().cpu()
     gh, gw = enc.frame.grid_valid(emb.shape[-1])
     emb = emb[:, :gh, :gw]
-    hi = (logits > 1).flatten(1).sum(1).float()
-    lo = (logits > -1).flatten(1).sum(1).float()
-    stab = torch.where(lo > 0, hi / lo.clamp(min=1), torch.zeros_like(lo))
+    stab = stability(logits)
     mboxes = _mask_boxes(masks)
     rows, cols = enc.original_size
     scale = np.array([cols / w, rows / h, cols / w, rows / h])
@@ -145,7 +144,7 @@ def region_features(logits: torch.Tensor, ious: np.ndarray, boxes: np.ndarray, e
             continue
         x0, y0, x1, y1 = (int(v) for v in mboxes[i])
         bw, bh = x1 - x0 + 1, y1 - y0 + 1
-        perim = float((m & (F.max_pool2d((~m)[None, None].float(), 3, 1, 1)[0, 0] > 0)).sum()) or 1.0
+        perim = float((m & _dilate(~m, 1)).sum()) or 1.0  # mask pixels with a background neighbour
         r = max(2, int(round(0.3 * np.sqrt(area))))
         dil = _dilate(m, r)
         ring = dil & ~m

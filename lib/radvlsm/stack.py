@@ -231,13 +231,12 @@ class Stack:
 
     def _build_mask_ranker(self) -> MaskRanker | None:
         from radvlsm.mask_ranking import MaskRanker
-        from radvlsm.models.registry import file_version
 
         path = self.settings.ranker_path
         if path is None:
             return None
         ranker = MaskRanker.load(path)
-        proposer = file_version(self.settings.qformer_path)
+        proposer = self.text_proposer.base_id  # the served checkpoint's content hash (what the ranker records)
         if ranker.proposer and ranker.proposer != proposer:
             if self.settings.mask_ranker == "auto":
                 logger.info(f"radvlsm: mask ranker {path} was trained over another proposer checkpoint; not used")

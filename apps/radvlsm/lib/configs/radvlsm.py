@@ -13,8 +13,6 @@ from lib.infers.radvlsm import diagnosis_infer, radvlsm_infer
 from lib.models import learn_final_label, learn_saved_labels, shared_stack
 from radvlsm.pipeline import RadVLSMPipeline
 from radvlsm.pipeline_service import DiagnosisService, PipelineService
-from radvlsm.proposals.ranked import RankedProposer
-from radvlsm.proposals.site_exemplars import ExemplarAssistedProposer
 from radvlsm.stack import Stack
 
 
@@ -39,22 +37,16 @@ class RadVLSMConfig(TaskConfig):
         return RadVLSMTrain(stack.predictor, stack.decoder_store, stack.text_proposer, stack.proposer_store,
                             stack.settings.text, pseudo_store(stack.settings.trained_dir, stack.settings.backbone))
 
-    def _assisted(self) -> ExemplarAssistedProposer | None:
-        """The exemplar-assisted proposer the pipeline uses (under the mask ranker, if one ranks), or None."""
-        proposer = self.pipeline.proposer
-        proposer = proposer.proposer if isinstance(proposer, RankedProposer) else proposer
-        return proposer if isinstance(proposer, ExemplarAssistedProposer) else None
-
     def on_datastore(self, datastore) -> None:
-        assisted = self._assisted()
-        if assisted is not None:
-            learn_saved_labels(assisted.site, datastore, assisted.text, assisted.phrase)
+        stack = self.stack
+        if stack.settings.site_exemplars:
+            learn_saved_labels(stack.site, datastore, stack.text_proposer, stack.settings.text)
 
     def on_save_label(self, datastore, image_id: str) -> None:
         """A saved final label joins the site's exemplars at once (no training needed)."""
-        assisted = self._assisted()
-        if assisted is not None:
-            learn_final_label(assisted.site, datastore, image_id, assisted.text, assisted.phrase)
+        stack = self.stack
+        if stack.settings.site_exemplars:
+            learn_final_label(stack.site, datastore, image_id, stack.text_proposer, stack.settings.text)
 
     def scoring_method(self):
         from lib.activelearning import UncertaintyScoring
