@@ -149,3 +149,15 @@ def test_a_phrase_the_proposer_refuses_is_not_ranked(stack):
     image = load_image(SAMPLES / "images" / f"{SAMPLE}.png")
     proposal = ranked.propose(image, "colon polyp")  # another modality's phrase on a breast scan
     assert proposal.candidates == [] and not proposal.ranked
+
+
+@pytest.mark.skipif(not RANKER.exists(), reason="no shipped mask ranker")
+def test_user_boxes_skip_the_ranking_stage(stack, monkeypatch):
+    from radvlsm.geometry import parse_prompts
+
+    image = load_image(SAMPLES / "images" / f"{SAMPLE}.png")
+    calls = []
+    monkeypatch.setattr(stack.mask_ranker, "score", lambda *a, **k: calls.append(1) or np.zeros(0))
+    res = stack.pipeline.run(image, prompts=parse_prompts({"boxes": [tight_box(SAMPLE)]}, image.shape))
+    assert calls == [] and res.result["prompt_source"] == "user"
+    assert dice(res.label > 0, reference(SAMPLE)) >= 0.8

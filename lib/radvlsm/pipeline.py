@@ -68,7 +68,9 @@ class RadVLSMPipeline:
         times["encode"] = enc.encode_ms
         t1 = time.perf_counter()
         user_boxes = prompts is not None and len(prompts.boxes) > 0
-        proposal = self.proposer.propose(image, text, top_k=opts.top_k, encoded=enc)
+        # With the user's boxes only the match score and version are read: a ranked proposer's decodes would be wasted
+        proposer = getattr(self.proposer, "unranked", self.proposer) if user_boxes else self.proposer
+        proposal = proposer.propose(image, text, top_k=opts.top_k, encoded=enc)
         if user_boxes:
             candidates = [Candidate(b.tolist(), 1.0, "user") for b in prompts.boxes]
         else:

@@ -63,6 +63,11 @@ class RankedProposer:
     def __getattr__(self, name: str):  # the wrapped proposer's version, thresholds, watcher ...
         return getattr(self.proposer, name)
 
+    @property
+    def unranked(self) -> BoxProposer:
+        """The wrapped proposer: what a caller that reads only the match score (user boxes) asks instead."""
+        return self.proposer
+
     def propose(self, image: Image2D, text: str, top_k: int = DEFAULT_TOP_K,
                 encoded: Encoded | None = None) -> Proposal:
         enc = encoded or self.predictor.encode(image)
