@@ -14,7 +14,9 @@ from PIL import Image
 
 from radvlsm import cli
 from radvlsm.cli import main
-from tests.conftest import SAMPLES, dice, reference
+from tests.conftest import ROOT, SAMPLES, dice, reference
+
+XSITE = ROOT / "model" / "qformer_lite_xsite" / "qformer_lite.pt"
 
 
 def test_segment_writes_mask_json_overlay(tmp_path, capsys):
@@ -63,6 +65,17 @@ def test_bad_inputs_exit_non_zero_with_a_message(tmp_path, capsys):
                  "--out", str(tmp_path / "out"), "--no-diagnose"])
     assert code == 2 and "inverted" in capsys.readouterr().err
     assert not list((tmp_path / "out").glob("*"))
+
+
+def test_a_missing_or_corrupt_ranker_file_is_named_not_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "ranker.json"
+    bad.write_text("{truncated")
+    for ranker in (str(bad), str(tmp_path / "missing.json")):
+        code = main(["segment", str(SAMPLES / "images" / "bus_0584-l.png"), "--out", str(tmp_path / "out"),
+                     "--no-diagnose", "--qformer-checkpoint", str(XSITE), "--mask-ranker", ranker])
+        err = capsys.readouterr().err
+        assert code == 2 and Path(ranker).name in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_segment_prints_only_the_answer(tmp_path):

@@ -80,8 +80,14 @@ def quiet_progress_bars(quiet: bool = True) -> Iterator[None]:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from radvlsm.errors import CheckpointError
+
     with quiet_progress_bars(not getattr(args, "verbose", False)):
-        return _segment(args)
+        try:
+            return _segment(args)
+        except CheckpointError as exc:  # a missing or corrupt weights/ranker file: say which, no traceback
+            print(f"radvlsm: {exc}", file=sys.stderr)
+            return 2
 
 
 def settings_of(args: argparse.Namespace) -> Settings:
