@@ -35,8 +35,9 @@ def ddti(split: str, data: Path = DATA) -> list[tuple[Path, Path, str]]:
     return [(root / "images" / f"{r['id']}.jpg", root / "masks" / f"{r['id']}.png", r["id"]) for r in rows]
 
 
-def uclm(kind: str, data: Path = DATA) -> list[tuple[Path, Path, str]]:
-    """BUS-UCLM ``lesion`` images (benign and malignant) or ``normal`` (lesion-free) ones, all patients.
+def uclm(kind: str, data: Path = DATA, split: str = "all") -> list[tuple[Path, Path, str]]:
+    """BUS-UCLM ``lesion`` images (benign and malignant) or ``normal`` (lesion-free) ones of ``all`` patients, or
+    of the ``test`` patients (``held_out(patient)``) or the ``train`` ones (the other patients).
 
     Pairs whose mask has another size than the image are left out (8 images of one patient, HESN: cropped
     images with full-frame masks, so where the lesion lies is unknown): 260 lesion and 196 normal images remain."""
@@ -45,6 +46,8 @@ def uclm(kind: str, data: Path = DATA) -> list[tuple[Path, Path, str]]:
     root = data / "bus-uclm"
     with open(root / "info.csv") as f:
         rows = [r for r in csv.DictReader(f) if (r["pathology"] == "normal") == (kind == "normal")]
+    if split != "all":
+        rows = [r for r in rows if held_out(r["patient"]) == (split == "test")]
     out = []
     for r in rows:
         img, mask = root / "images" / f"{r['id']}.jpg", root / "masks" / f"{r['id']}.png"
@@ -74,6 +77,9 @@ PRESETS = {
     "ddti-train": lambda: ddti("train"),
     "uclm-lesion": lambda: uclm("lesion"),
     "uclm-normal": lambda: uclm("normal"),
+    # the patient split, for a model that trained on BUS-UCLM's other patients (the all-sites model)
+    "uclm-lesion-test": lambda: uclm("lesion", split="test"),
+    "uclm-normal-test": lambda: uclm("normal", split="test"),
 }
 
 

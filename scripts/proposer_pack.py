@@ -130,10 +130,11 @@ def training_items(domains: list[str], limits: dict[str, int | None]) -> list[tu
     if "ddti" in domains:
         md = ddti_meta()
         items += [(p, m, c, "thyroid", md[c]) for p, m, c in take(ddti("train"), limits.get("ddti"))]
-    if "uclm" in domains:  # only for the shipped all-sites model: BUS-UCLM is the cross-site report set
+    if "uclm" in domains:  # the all-sites model only (BUS-UCLM is the cross-site report set): its train patients
         md = uclm_meta()
-        items += [(p, m, c, "breast", md[c]) for p, m, c in take(uclm("lesion"), limits.get("uclm"))]
-        items += [(p, m, c, "normal", {}) for p, m, c in take(uclm("normal"), limits.get("uclm"))]
+        lesion, normal = uclm("lesion", split="train"), uclm("normal", split="train")
+        items += [(p, m, c, "breast", md[c]) for p, m, c in take(lesion, limits.get("uclm"))]
+        items += [(p, m, c, "normal", {}) for p, m, c in take(normal, limits.get("uclm"))]
     return items
 
 
