@@ -212,7 +212,8 @@ def test_two_process_gloo_run_lowers_the_loss_and_publishes_once(tmp_path, predi
     from radvlsm.training.distributed import launch
 
     store = DecoderStore(tmp_path / "store")
-    cfg = TrainConfig(epochs=3, lr=1e-4, box_jitter=0.0, clicks=False, batch_size=2, tolerance=1.0)
+    cfg = TrainConfig(epochs=3, lr=1e-4, box_jitter=0.0, clicks=False, batch_size=2, tolerance=1.0,
+                      decoder_gate="mean")  # one held-back image: the publishing mechanics, not the gate
     res = launch(predictor, [sample(i) for i in IDS], store, cfg, world_size=2, backend="gloo")
     losses = [e["loss"] for e in res["epochs"]]
     assert losses[-1] < losses[0], losses
@@ -231,3 +232,18 @@ def test_restore_command(tmp_path, predictor, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["restore", str(store.root), "v0009"])
     assert exc.value.code == 2 and store.current() == SHIPPED
+
+
+def test_small_n_run_is_cross_validated_and_trains_on_every_image(tmp_path, fresh):
+    """Four corrections hold one image back: the default gate scores all four out of fold (three copies trained
+    without their fold) and the published decoder learns from all four."""
+    store = DecoderStore(tmp_path / "store")
+    res = fine_tune(fresh, [sample(i) for i in IDS], store, TrainConfig(epochs=1, lr=1e-4, tolerance=1.0))
+    assert res.gate["method"] == "cv" and res.gate["n"] == 4 and res.val_ids == IDS[:1]
+    assert 0.5 < res.dice_before <= 1 and 0.5 < res.dice_after <= 1 and "out of fold (3 folds)" in res.reason
+    assert res.published and json.loads((store.root / f"{res.version}.json").read_text())["train_images"] == 4
+    assert json.loads((store.root / f"{res.version}.json").read_text())["gate"]["method"] == "cv"
+    # the held-back split alone has one image: no confidence, nothing published
+    held = fine_tune(fresh, [sample(i) for i in IDS], DecoderStore(tmp_path / "held"),
+                     TrainConfig(epochs=1, lr=1e-4, decoder_gate="holdout"))
+    assert not held.published and held.gate["n"] == 1 and "never pass" in held.reason

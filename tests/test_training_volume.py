@@ -9,7 +9,7 @@ import torch
 
 from radvlsm.training.data import EMPTY_SLICES_PER_LESION_SLICE, Item, TrainSample, split, volume_samples
 from radvlsm.training.datastore import samples_from_datastore
-from radvlsm.training.proposer import item_folds
+from radvlsm.training.gate import item_folds
 from tests.conftest import SAMPLES
 from tests.volumes import lesion_volume, write_volume
 

@@ -29,6 +29,10 @@ from radvlsm.versions import PARTS
 logger = logging.getLogger(__name__)
 
 
+#: how a fine-tuned decoder is judged before it is published (radvlsm.training.decoder_gate)
+DECODER_GATES = ("auto", "cv", "holdout", "mean")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 5
@@ -53,9 +57,15 @@ class TrainConfig:
     #: ``heads`` (relevance map, box head, and the match head given lesion-free labels: seconds)
     proposer_scope: str = ProposerConfig.scope
     proposer_folds: int = ProposerConfig.folds
-    #: the proposer is published when its out-of-fold gain is above -tolerance with this confidence
+    #: the proposer and the decoder are published when their paired gain is above -tolerance with this confidence
     gate_confidence: float = ProposerConfig.confidence
-    #: publish when validation Dice >= the served model's - tolerance (0: never publish a worse model)
+    #: the decoder's gate (radvlsm.training.decoder_gate): ``auto`` (cross-validated while the held-back split
+    #: holds fewer than 3 lesion images, else held back; a paired bootstrap either way), ``cv``, ``holdout``, or
+    #: ``mean`` (the held-back mean Dice >= the served model's - tolerance)
+    decoder_gate: str = "auto"
+    decoder_folds: int = 3
+    #: the gain a new version may fall short by and still be published (0: better with confidence; with
+    #: ``decoder_gate`` ``mean``: never worse on the held-back mean)
     tolerance: float = 0.0
     seed: int = 0
     max_lesions: int = 3
@@ -81,6 +91,8 @@ class TrainConfig:
                     raise ValueError(f"{name}: must be true or false, got {value!r}")
             elif kind is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
                 raise ValueError(f"{name}: must be a non-negative integer, got {value!r}")
+            elif kind is str and not isinstance(value, str):
+                raise ValueError(f"{name}: must be a string, got {value!r}")
             elif kind is float:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise ValueError(f"{name}: must be a number, got {value!r}")
@@ -88,6 +100,8 @@ class TrainConfig:
             setattr(cfg, name, value)
         if cfg.batch_size < 1:
             raise ValueError("batch_size: must be at least 1")
+        if cfg.decoder_gate not in DECODER_GATES:
+            raise ValueError(f"decoder_gate: must be one of {', '.join(DECODER_GATES)}, got {cfg.decoder_gate!r}")
         if not 0.0 <= cfg.pseudo_min_agreement <= 1.0:
             raise ValueError(f"pseudo_min_agreement: must be between 0 and 1, got {cfg.pseudo_min_agreement!r}")
         cfg.proposer_config()  # checks its fields

@@ -47,7 +47,7 @@ from radvlsm.predictor import Encoded
 from radvlsm.proposals.boxes import box_iou
 from radvlsm.proposals.qformer_model import QFormerLite, losses
 from radvlsm.training.data import Item
-from radvlsm.training.gate import folds, paired_bootstrap
+from radvlsm.training.gate import item_folds, paired_bootstrap
 from radvlsm.versions import ProposerStore
 
 logger = logging.getLogger(__name__)
@@ -254,13 +254,6 @@ def train_copy(base: QFormerLite, data: SiteData, idx: list[int], cfg: ProposerC
             total, seen = total + loss.item() * len(batch), seen + len(batch)
         history.append(round(total / max(seen, 1), 5))
     return model.eval().requires_grad_(False), history
-
-
-def item_folds(items: list[Item], k: int) -> list[set[int]]:
-    """``k`` folds of item indexes, by :attr:`Item.group_id`: the slices of one volume (one patient) are held out
-    together, so no fold is scored by a model that trained on the same volume's other slices."""
-    groups = sorted({it.group_id for it in items})
-    return [{i for i, it in enumerate(items) if it.group_id in set(fold)} for fold in folds(groups, k)]
 
 
 def _iou_stats(outcomes: list[Outcome], threshold: float) -> tuple[float, float]:

@@ -2,8 +2,9 @@
 only if not worse. Usable without the server (benchmarks, scripts) and by the ``radvlsm`` train task.
 
 The run starts from the version being served (continual learning from each round of corrections). Nothing is
-written to the served pointer unless the new decoder's mean validation Dice is at least the served one's minus
-``tolerance``; an exception or a kill before that leaves the served model as it was. The ``qformer_lite`` proposer
+written to the served pointer unless the new decoder passes its gate (:mod:`radvlsm.training.decoder_gate`:
+better with confidence, image by image, out of fold while few images are held back); an exception or a kill
+before that leaves the served model as it was. The ``qformer_lite`` proposer
 (``train_proposer``, on by default) is then taught the site from every labelled image, lesion-free ones included,
 and published into its own store only if its cross-validated per-image score beats the served proposer's with
 confidence (:mod:`radvlsm.training.proposer`, :mod:`radvlsm.training.gate`). Pseudo-labels of the site's
@@ -26,6 +27,7 @@ import torch.distributed as dist
 
 from radvlsm.proposals.phrases import DEFAULT_PHRASE
 from radvlsm.training.data import TrainSample, prepare, split
+from radvlsm.training.decoder_gate import decide, gate_method, out_of_fold
 from radvlsm.training.loop import EpochLog, TrainConfig, build_model, evaluate, train
 from radvlsm.training.proposer import fine_tune_proposer
 from radvlsm.versions import ENCODER, PARTS, SHIPPED, DecoderStore, ProposerStore, decoder_state
@@ -46,6 +48,7 @@ class RunResult:
     seconds: float = 0.0
     reason: str = ""
     proposer: dict[str, Any] | None = None  # the proposer fine-tune's own outcome (ProposerRun), when it ran
+    gate: dict[str, Any] | None = None  # the decoder's gate (radvlsm.training.decoder_gate): method and figures
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -113,7 +116,7 @@ def _run(predictor, samples: list[TrainSample], store: DecoderStore, cfg: TrainC
             by_id.setdefault(s.image_id, []).append(s)
         logger.info(f"training: {len(train_ids)} training / {len(val_ids)} validation images; base {base_version}")
         _check_encoder(predictor, base_version, state)
-        head, tail = _encoder_split(predictor, cfg)
+        head, _ = _encoder_split(predictor, cfg)
         train_all = prepare([s for i in train_ids for s in by_id[i]], predictor, cfg.max_lesions, head,
                             keep_empty=True)
         val_all = prepare([s for i in val_ids for s in by_id[i]], predictor, cfg.max_lesions, head, keep_empty=True) \
@@ -125,7 +128,7 @@ def _run(predictor, samples: list[TrainSample], store: DecoderStore, cfg: TrainC
         result = RunResult(False, base_version, base_version, float("nan"), float("nan"), train_ids, val_ids)
         if (cfg.train_decoder or cfg.train_prompt_encoder) and train_items:
             result = _decoder_part(result, predictor, store, state, cfg, rank, train_items, val_items, stats,
-                                   progress, should_stop, tail)
+                                   progress, should_stop, _tail_factory(predictor, cfg))
         else:
             result.reason = ("decoder not trained (train_decoder and train_prompt_encoder are false)" if not
                              (cfg.train_decoder or cfg.train_prompt_encoder) else
@@ -153,25 +156,45 @@ def _run(predictor, samples: list[TrainSample], store: DecoderStore, cfg: TrainC
 def _decoder_part(result: RunResult, predictor, store: DecoderStore, state: dict, cfg: TrainConfig, rank: int,
                   train_items: list, val_items: list, stats: StatsWriter,
                   progress: Callable[[EpochLog], None] | None, should_stop: Callable[[], bool] | None,
-                  tail=None) -> RunResult:
-    """Validate the served decoder, train a copy (with the encoder adapters ``tail``, if any), validate it,
-    publish it if not worse (rank 0)."""
+                  tails: Callable[[], Any] | None = None) -> RunResult:
+    """Score the served decoder, train a copy (with fresh encoder adapters from ``tails``, if any), score it
+    (held back or out of fold: :mod:`radvlsm.training.decoder_gate`), publish it if the gate passes (rank 0)."""
     img_size = predictor.backbone.img_size
+    method = gate_method(cfg, val_items, distributed=dist.is_available() and dist.is_initialized())
+    # cross-validated: the published model learns from every labelled lesion image, each scored out of fold
+    fit_items, scored = (train_items + val_items, train_items + val_items) if method == "cv" else (train_items,
+                                                                                                    val_items)
+
+    def fresh() -> Any:
+        model = build_model(predictor.backbone, state, cfg)
+        model.encoder_tail = tails() if tails is not None else None
+        return model
+
     model = build_model(predictor.backbone, state, cfg)
-    # the served model's score first: before the adapters join (they start at zero, but it need not be assumed)
-    result.dice_before = float(np.mean(evaluate(model, val_items, img_size))) if val_items else float("nan")
-    model.encoder_tail = tail
-    stats.update(dice_before=result.dice_before, stage="decoder")
+    # the served model's scores first: before the adapters join (they start at zero, but it need not be assumed)
+    before = evaluate(model, scored, img_size) if scored and rank == 0 else []
+    result.dice_before = float(np.mean(before)) if before else float("nan")
+    model.encoder_tail = tails() if tails is not None else None
+    stats.update(dice_before=result.dice_before, stage="decoder", gate_method=method)
 
     def on_epoch(log: EpochLog) -> None:
         stats.update(epoch=log.epoch, loss=log.loss, losses=[*stats.stats.get("losses", []), log.loss])
         if progress is not None:
             progress(log)
 
-    result.epochs = train(model, train_items, img_size, cfg, on_epoch, should_stop).logs
+    result.epochs = train(model, fit_items, img_size, cfg, on_epoch, should_stop).logs
     if rank == 0:
-        result.dice_after = float(np.mean(evaluate(model, val_items, img_size))) if val_items else float("nan")
-        result = _gate_and_publish(result, model, predictor, store, cfg, len(train_items), state)
+        if method == "cv":
+            stats.update(stage="decoder cross-validation")
+            after = out_of_fold(fresh, scored, img_size, cfg, should_stop)
+        else:
+            after = evaluate(model, scored, img_size) if scored else []
+        result.dice_after = float(np.nanmean(after)) if after else float("nan")
+        passed, result.gate, rule = decide(method, scored, before, after, cfg)
+        if passed:
+            result = _publish(result, model, predictor, store, cfg, len(fit_items), state, rule)
+        else:
+            result.reason = f"not published: decoder {rule}"
     return result
 
 
@@ -192,6 +215,13 @@ def _check_encoder(predictor, base_version: str, state: dict) -> None:
                          "does not serve; train through a predictor that follows the store (DecoderWatcher)")
 
 
+def _tail_factory(predictor, cfg: TrainConfig) -> Callable[[], Any] | None:
+    """Fresh encoder adapters (zero-initialised) for each model a run trains, or None without adapters."""
+    if cfg.encoder_lora_rank <= 0:
+        return None
+    return lambda: _encoder_split(predictor, cfg)[1]
+
+
 def _encoder_split(predictor, cfg: TrainConfig):
     """``(head, tail)`` for training encoder adapters (``cfg.encoder_lora_rank`` > 0), from the served
     segmentation encoder (an adapted one continues), else ``(None, None)``."""
@@ -205,13 +235,8 @@ def _encoder_split(predictor, cfg: TrainConfig):
     return head, tail.cpu()
 
 
-def _gate_and_publish(result: RunResult, model, predictor, store: DecoderStore, cfg: TrainConfig,
-                      n_train: int, base: dict) -> RunResult:
-    gain = result.dice_after - result.dice_before
-    if not result.dice_after >= result.dice_before - cfg.tolerance:  # also refuses NaN
-        result.reason = (f"not published: validation Dice {result.dice_after:.4f} < served "
-                         f"{result.dice_before:.4f} - tolerance {cfg.tolerance}")
-        return result
+def _publish(result: RunResult, model, predictor, store: DecoderStore, cfg: TrainConfig, n_train: int,
+             base: dict, rule: str) -> RunResult:
     state = {k: v for k, v in model.state_dict().items() if k.split(".")[0] in PARTS}
     # encoder weights: the new adapters merged, else the served version's own (a decoder trained on an adapted
     # encoder's embeddings is published with that encoder)
@@ -219,9 +244,8 @@ def _gate_and_publish(result: RunResult, model, predictor, store: DecoderStore, 
     state.update(model.encoder_tail.merged_state() if model.encoder_tail is not None else encoder)
     meta = {"base_version": result.base_version, "dice_before": result.dice_before, "dice_after": result.dice_after,
             "train_ids": result.train_ids, "val_ids": result.val_ids, "train_images": n_train,
-            "config": asdict(cfg), "losses": [e.loss for e in result.epochs]}
+            "gate": result.gate, "config": asdict(cfg), "losses": [e.loss for e in result.epochs]}
     result.version = store.publish(state, predictor.backbone.name, predictor.backbone.version, meta)
     result.published = True
-    result.reason = (f"published {result.version}: validation Dice {result.dice_before:.4f} -> "
-                     f"{result.dice_after:.4f} ({gain * 100:+.2f} pt)")
+    result.reason = f"published {result.version}: decoder {rule}"
     return result

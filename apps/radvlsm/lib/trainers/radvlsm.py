@@ -34,10 +34,11 @@ SERVER_KEYS = ("model", "bundle_path")
 DESCRIPTION = ("Teach the app the site from its final (corrected) labels, lesion-free ones included: SAM's prompt "
                "encoder + mask decoder (optionally with low-rank adapters in the image encoder's last stage) and the "
                "qformer_lite proposer (where the lesion is; whether there is one, from lesion-free labels). Each is "
-               "published only if its validation says so (decoder: held-back Dice not worse; proposer: "
-               "cross-validated per-image score better with confidence). Options: epochs, lr, batch_size, "
-               "box_jitter, clicks, train_decoder, train_prompt_encoder, train_proposer, proposer_epochs, "
-               "proposer_lr, proposer_scope, proposer_folds, gate_confidence, encoder_lora_rank, encoder_lora_lr, "
+               "published only if its per-image score is better with confidence (paired bootstrap; decoder: "
+               "cross-validated while few images are held back; proposer: cross-validated). Options: epochs, lr, "
+               "batch_size, box_jitter, clicks, train_decoder, train_prompt_encoder, train_proposer, proposer_epochs, "
+               "proposer_lr, proposer_scope, proposer_folds, gate_confidence, decoder_gate, decoder_folds, "
+               "encoder_lora_rank, encoder_lora_lr, "
                "tolerance, seed, max_images, multi_gpu, pseudo_labels (VESSA stage 2: confident answers on unlabelled "
                "images also train the proposer; off by default), pseudo_min_agreement, pseudo_max_images.")
 
