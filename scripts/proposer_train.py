@@ -193,7 +193,13 @@ def main() -> None:
                     help="add the relevance map's context head with this many channels (0: linear map only)")
     ap.add_argument("--freeze-qformer", action="store_true",
                     help="train the heads only (the Q-Former and projections stay as --init left them)")
+    ap.add_argument("--recall", type=float, default=None,
+                    help="presence calibration, sensitivity first: the match threshold keeps this share of the "
+                         "held-back lesion images and the mismatch floor is the same quantile of wrong-domain "
+                         "matches (default: halfway between the classes, floor at the highest wrong match)")
     args = ap.parse_args()
+    if args.recall is not None and not 0.5 <= args.recall < 1:
+        ap.error("--recall: a share between 0.5 and 1, e.g. 0.95")
     if args.epochs == 0 and args.init is None:
         ap.error("--epochs 0 only recalibrates a checkpoint: give it with --init")
     if args.freeze_qformer and args.init is None:
@@ -331,14 +337,18 @@ def main() -> None:
             metrics[f"{dom}_heat_iou50"] = float((torch.tensor(heat_iou)[sel] >= 0.5).float().mean())
         metrics["match_pos_mean"] = float(pos_p.mean())
         metrics["match_neg_mean"] = float(neg_p_t.mean())
-        # threshold halfway between the classes' 5th/95th percentiles, bounded to [0.2, 0.8]
-        thr = float(np.clip((np.quantile(pos_p.numpy(), 0.05) + np.quantile(neg_p_t.numpy(), 0.95)) / 2, 0.2, 0.8))
+        if args.recall is None:  # threshold halfway between the classes' 5th/95th percentiles, bounded to [0.2, 0.8]
+            thr = float(np.clip((np.quantile(pos_p.numpy(), 0.05) + np.quantile(neg_p_t.numpy(), 0.95)) / 2,
+                                0.2, 0.8))
+        else:  # sensitivity first: the threshold that keeps this share of held-back lesion images
+            thr = float(np.clip(np.quantile(pos_p.numpy(), 1 - args.recall), 0.05, 0.8))
         metrics["match_threshold"] = thr
         metrics["pos_above"] = float((pos_p >= thr).float().mean())
         metrics["neg_above"] = float((neg_p_t >= thr).float().mean())
         # the floor below which a phrase is a clear mismatch even when the class-agnostic phrase finds a lesion:
         # the highest wrong-domain match on the held-back lesion images (bounded), see QFormerLiteProposer
-        floor = float(np.clip(wrong_p.max() if len(wrong_p) else thr, 0.005, thr))
+        worst = (wrong_p.max() if args.recall is None else np.quantile(wrong_p, args.recall)) if len(wrong_p) else thr
+        floor = float(np.clip(worst, 0.005, thr))
         metrics["mismatch_floor"] = floor
         metrics["wrong_phrase_max"] = float(wrong_p.max()) if len(wrong_p) else float("nan")
     head_score = sum(metrics[f"{d}_head_iou50"] for d in present)
