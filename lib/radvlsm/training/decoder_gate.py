@@ -25,8 +25,7 @@ import numpy as np
 
 from radvlsm.training.data import Item
 from radvlsm.training.gate import GateResult, by_group, item_folds, paired_bootstrap
-from radvlsm.training.loop import DECODER_GATES as GATES
-from radvlsm.training.loop import PromptDecoder, TrainConfig, evaluate, train
+from radvlsm.training.loop import PromptDecoder, TrainConfig, check_decoder_gate, evaluate, train
 
 #: ``auto`` cross-validates when the held-back split has fewer lesion images than this; the bootstrap never
 #: passes on fewer paired images
@@ -35,16 +34,13 @@ MIN_HELD_BACK = 3
 
 def gate_method(cfg: TrainConfig, held_back: list[Item], distributed: bool) -> str:
     """``cv``, ``holdout`` or ``mean`` for this run (see the module's docstring)."""
-    if cfg.decoder_gate not in GATES:
-        raise ValueError(f"decoder_gate: must be one of {', '.join(GATES)}, got {cfg.decoder_gate!r}")
+    check_decoder_gate(cfg.decoder_gate)  # a config built in code, not through TrainConfig.from_request
     if cfg.decoder_gate == "mean":
         return "mean"
     if distributed:
         return "holdout"
-    if cfg.decoder_gate == "cv":
-        return "cv"
-    if cfg.decoder_gate == "holdout":
-        return "holdout"
+    if cfg.decoder_gate != "auto":
+        return cfg.decoder_gate
     return "cv" if len({it.group_id for it in held_back}) < MIN_HELD_BACK else "holdout"
 
 

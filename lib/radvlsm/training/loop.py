@@ -33,6 +33,11 @@ logger = logging.getLogger(__name__)
 DECODER_GATES = ("auto", "cv", "holdout", "mean")
 
 
+def check_decoder_gate(value: str) -> None:
+    if value not in DECODER_GATES:
+        raise ValueError(f"decoder_gate: must be one of {', '.join(DECODER_GATES)}, got {value!r}")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 5
@@ -100,8 +105,7 @@ class TrainConfig:
             setattr(cfg, name, value)
         if cfg.batch_size < 1:
             raise ValueError("batch_size: must be at least 1")
-        if cfg.decoder_gate not in DECODER_GATES:
-            raise ValueError(f"decoder_gate: must be one of {', '.join(DECODER_GATES)}, got {cfg.decoder_gate!r}")
+        check_decoder_gate(cfg.decoder_gate)
         if not 0.0 <= cfg.pseudo_min_agreement <= 1.0:
             raise ValueError(f"pseudo_min_agreement: must be between 0 and 1, got {cfg.pseudo_min_agreement!r}")
         cfg.proposer_config()  # checks its fields

@@ -162,19 +162,19 @@ def _decoder_part(result: RunResult, predictor, store: DecoderStore, state: dict
     img_size = predictor.backbone.img_size
     method = gate_method(cfg, val_items, distributed=dist.is_available() and dist.is_initialized())
     # cross-validated: the published model learns from every labelled lesion image, each scored out of fold
-    fit_items, scored = (train_items + val_items, train_items + val_items) if method == "cv" else (train_items,
-                                                                                                    val_items)
+    fit_items = train_items + val_items if method == "cv" else train_items
+    scored = fit_items if method == "cv" else val_items
 
     def fresh() -> Any:
+        """A trainable copy of the served decoder, with fresh adapters if the run trains them."""
         model = build_model(predictor.backbone, state, cfg)
         model.encoder_tail = tails() if tails is not None else None
         return model
 
-    model = build_model(predictor.backbone, state, cfg)
-    # the served model's scores first: before the adapters join (they start at zero, but it need not be assumed)
-    before = evaluate(model, scored, img_size) if scored and rank == 0 else []
+    # the served model's scores, without adapters (they start at zero, but it need not be assumed)
+    before = evaluate(build_model(predictor.backbone, state, cfg), scored, img_size) if scored and rank == 0 else []
     result.dice_before = float(np.mean(before)) if before else float("nan")
-    model.encoder_tail = tails() if tails is not None else None
+    model = fresh()
     stats.update(dice_before=result.dice_before, stage="decoder", gate_method=method)
 
     def on_epoch(log: EpochLog) -> None:
