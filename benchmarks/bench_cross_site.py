@@ -161,6 +161,26 @@ def summarise(name: str, rows: list[dict]) -> list[str]:
     return out
 
 
+def presence_lines(lesion: list[dict], normal: list[dict]) -> list[str]:
+    """Whether the image-text match tells a site's lesion images from its lesion-free ones (ROC AUC, ties half),
+    whatever the threshold; and how often the top box is right where a lesion was answered."""
+    out = []
+    for phrase in dict.fromkeys(r["phrase"] for r in lesion):
+        pos = np.array([float(r["match"]) for r in lesion if r["phrase"] == phrase])
+        neg = np.array([float(r["match"]) for r in normal if r["phrase"] == phrase])
+        if not len(pos) or not len(neg):
+            continue
+        auc = float(np.mean((pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None])))
+        top1 = [float(r["top1_iou"]) >= 0.5 for r in lesion if r["phrase"] == phrase and int(r["found"])]
+        right = f"{np.mean(top1):.1%} of {len(top1)}" if top1 else "-"
+        out.append(f"| {phrase} | {len(pos)} / {len(neg)} | {auc:.3f} | {right} |")
+    if not out:
+        return []
+    return ["\nPresence: the match score, lesion vs lesion-free images of the same site\n",
+            "| phrase | images (lesion / lesion-free) | ROC AUC | top-1 IoU>=0.5 where a lesion was answered |",
+            "|---|---|---|---|", *out]
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -203,12 +223,13 @@ def main() -> None:
     rec = Recording(stack.proposer)
     pipe = pipeline_over(stack, rec)  # the stack's pipeline, its proposer's answers kept
     diagnoser = stack.diagnoser
-    lines, diag = [], []
+    lines, diag, by_set = [], [], {}
     for name in args.sets:
         items = load(name)[: args.limit]
         d = diagnoser if name.startswith("uclm-lesion") else None  # run_set asks for a diagnosis only with one
         rows = run_set(name, items, pipe, rec, d, RESULTS / f"cross_site_{args.tag}_{name}.csv")
         lines += summarise(name, rows)
+        by_set[name] = rows
         if d is not None:
             diag = diagnosis_lines(rows, uclm_pathology())
     ckpt = args.proposer or "model/qformer_lite/qformer_lite.pt (shipped)"
@@ -221,6 +242,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
     print("\n".join(diag))
+    for suffix in ("", "-test"):
+        if f"uclm-lesion{suffix}" in by_set and f"uclm-normal{suffix}" in by_set:
+            print("\n".join(presence_lines(by_set[f"uclm-lesion{suffix}"], by_set[f"uclm-normal{suffix}"])))
     print(f"\nPer-image rows: benchmarks/results/cross_site_{args.tag}_<set>.csv")
 
 
