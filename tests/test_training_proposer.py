@@ -228,3 +228,52 @@ def test_no_epochs_trains_nothing_and_publishes_nothing(tmp_path, items, propose
     run = fine_tune_proposer(proposer, items, store, ProposerConfig(epochs=0, tolerance=1.0))
     assert not run.published and run.losses == [] and "not trained" in run.reason
     assert (run.iou_after, run.hit_after) == (run.iou_before, run.hit_before) and store.versions() == []
+
+
+def test_anchors_keep_what_other_phrases_mean(items, proposer):
+    """Two lesion images saved as lesion-free (the site says "nothing here"): trained on "lesion" alone the
+    Q-Former loses its text conditioning and "colon polyp" comes to match the breast lesions; with the anchor
+    term (the served match of every other phrase on lesion images, a mismatch on lesion-free ones) it does not,
+    while "lesion" still learns the site's answer. The teacher is what the served proposer's inference scores."""
+    import dataclasses
+
+    from radvlsm.proposals.phrases import anchor_vocabulary
+    from radvlsm.training.proposer import Phrases, SiteData, train_copy
+
+    empty = [dataclasses.replace(it, image_id=f"{it.image_id}-empty", mask=np.zeros_like(it.mask), lesions=[])
+             for it in items[:2]]
+    site = items[2:] + empty + items[2:]
+    phrases = Phrases(proposer.text_encoder, ["lesion", "breast lesion"], anchor_vocabulary())
+    assert phrases.positives == ["lesion", "breast lesion"] and phrases.names[:2] == phrases.positives
+    assert "colon polyp" in phrases.anchors and not set(phrases.positives) & set(phrases.anchors)
+    data = SiteData(proposer.model, site, phrases, proposer.predictor.backbone.img_size, "qformer")
+    enc = [Encoded(it.embedding, it.original_size, it.input_size) for it in items]
+    k = phrases.anchors.index("colon polyp")
+    assert torch.sigmoid(phrases.teacher[0, k]).item() == pytest.approx(proposer.score(enc[2], "colon polyp")[0],
+                                                                        abs=1e-4)
+
+    def matches(weight: float) -> dict[str, np.ndarray]:
+        cfg = ProposerConfig(epochs=10, lr=1e-3, anchor_weight=weight)
+        model, _ = train_copy(proposer.model, data, list(range(len(site))), cfg, learn_match=True)
+        served = proposer.with_model(model)
+        return {t: np.array([served.score(e, t)[0] for e in enc]) for t in ("colon polyp", "lesion")}
+
+    without, with_ = matches(0.0), matches(1.0)
+    threshold = proposer.threshold
+    # the failure the anchors are for: "colon polyp" finds the breast lesions
+    assert (without["colon polyp"][2:] > threshold).all(), without
+    assert (with_["colon polyp"] < threshold).all(), with_
+    # "lesion" learns the site's answers either way
+    for m in (without, with_):
+        assert (m["lesion"][:2] < threshold).all() and (m["lesion"][2:] > threshold).all(), m
+
+
+def test_site_phrases_option_is_checked():
+    cfg = TrainConfig.from_request({"proposer_phrases": ["breast  lesion"], "proposer_anchor_weight": 0})
+    assert cfg.proposer_config().phrases == ("breast lesion",) and cfg.proposer_config().anchor_weight == 0
+    for bad, field in (({"proposer_phrases": "breast lesion"}, "proposer_phrases"),
+                       ({"proposer_phrases": [""]}, "proposer_phrases"),
+                       ({"proposer_phrases": ["a"] * 9}, "proposer_phrases"),
+                       ({"proposer_anchor_weight": -1}, "proposer_anchor_weight")):
+        with pytest.raises(ValueError, match=field):
+            TrainConfig.from_request(bad)

@@ -140,6 +140,17 @@ def all_phrases() -> list[str]:
     return sorted(out)
 
 
+def anchor_vocabulary() -> list[str]:
+    """The generic phrase of every domain and every mismatch phrase: what a site fine-tune keeps the served
+    model's image-text match for (:mod:`radvlsm.training.proposer`), so the phrases it does not train on, another
+    organ's ("colon polyp" on breast US) or an organ's own ("breast lesion" when the site trains "lesion"), keep
+    meaning what they meant."""
+    out = {p for groups in DOMAINS.values() for p in groups["generic"]}
+    for negs in NEGATIVES.values():
+        out.update(negs)
+    return sorted(out)
+
+
 def _fill(template: str, vocab: dict[str, list[str]]) -> list[str]:
     import itertools
     import string

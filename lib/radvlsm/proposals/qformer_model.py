@@ -77,12 +77,17 @@ class QFormerLite(nn.Module):
         """``embedding`` (B, C, G, G); ``valid`` (B, G, G) 1 inside the unpadded image; ``tokens`` (B, L, D)."""
         return self.heads(self.encode(embedding, valid, tokens, token_mask), valid)
 
+    def project(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The projected patches with their positions: what every phrase's pass reads of an image."""
+        return self.image_proj(embedding.float()) + self.pos
+
     def encode(self, embedding: torch.Tensor, valid: torch.Tensor, tokens: torch.Tensor,
-               token_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+               token_mask: torch.Tensor, feats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The Q-Former part: projected patches, query outputs and the pooled text output (what the heads read;
-        fine-tuning only the heads computes this once per image)."""
-        b, q = embedding.shape[0], self.cfg.queries
-        feats = self.image_proj(embedding.float()) + self.pos
+        fine-tuning only the heads computes this once per image). ``feats``: :meth:`project`'s output, when one
+        image is read with several phrases."""
+        b, q = tokens.shape[0], self.cfg.queries
+        feats = self.project(embedding) if feats is None else feats
         enc = feats.flatten(2).transpose(1, 2)
         x = torch.cat([self.queries.expand(b, -1, -1) + self.token_type.weight[0],
                        self.text_proj(tokens.float()) + self.token_type.weight[1]], 1)
@@ -92,6 +97,10 @@ class QFormerLite(nn.Module):
         qo, to = out[:, :q], out[:, q:]
         m = token_mask.unsqueeze(-1).float()
         return {"feats": feats, "queries": qo, "text": (to * m).sum(1) / m.sum(1).clamp(min=1)}
+
+    def match(self, z: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The image-text match logit (B,) from :meth:`encode`'s query outputs alone."""
+        return self.itm_head(z["queries"].mean(1)).squeeze(-1)
 
     def heads(self, z: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[str, torch.Tensor]:
         """ITM, box and relevance map from :meth:`encode`'s outputs."""
@@ -104,7 +113,7 @@ class QFormerLite(nn.Module):
             heat = heat + self.context(patches, text_vec, valid)
         heat = heat.masked_fill(valid <= 0, -20.0)
         return {
-            "itm": self.itm_head(pooled).squeeze(-1),
+            "itm": self.match(z),
             "box": self.box_head(qo[:, 0]).sigmoid(),
             "heat": heat,
             "image_global": F.normalize(self.image_global(pooled), dim=-1),

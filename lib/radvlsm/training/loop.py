@@ -62,6 +62,10 @@ class TrainConfig:
     #: ``heads`` (relevance map, box head, and the match head given lesion-free labels: seconds)
     proposer_scope: str = ProposerConfig.scope
     proposer_folds: int = ProposerConfig.folds
+    #: the site's own phrases ("breast lesion"): the proposer learns them from the labels as it does the app's
+    proposer_phrases: list[str] = field(default_factory=list)
+    #: every other phrase keeps the served proposer's image-text match (radvlsm.training.proposer; 0: off)
+    proposer_anchor_weight: float = ProposerConfig.anchor_weight
     #: the proposer and the decoder are published when their paired gain is above -tolerance with this confidence
     gate_confidence: float = ProposerConfig.confidence
     #: the decoder's gate (radvlsm.training.decoder_gate): ``auto`` (cross-validated while the held-back split
@@ -98,6 +102,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: must be a non-negative integer, got {value!r}")
             elif kind is str and not isinstance(value, str):
                 raise ValueError(f"{name}: must be a string, got {value!r}")
+            elif kind is list and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+                raise ValueError(f"{name}: must be a list of strings, got {value!r}")
             elif kind is float:
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                     raise ValueError(f"{name}: must be a number, got {value!r}")
@@ -115,7 +121,8 @@ class TrainConfig:
         """The proposer fine-tune's settings (their defaults are :class:`ProposerConfig`'s)."""
         return ProposerConfig(epochs=self.proposer_epochs, lr=self.proposer_lr, scope=self.proposer_scope,
                               folds=max(self.proposer_folds, 2), confidence=self.gate_confidence,
-                              tolerance=self.tolerance, seed=self.seed)
+                              tolerance=self.tolerance, seed=self.seed, phrases=tuple(self.proposer_phrases),
+                              anchor_weight=self.proposer_anchor_weight)
 
 
 @dataclass

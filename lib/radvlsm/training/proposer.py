@@ -21,9 +21,14 @@ only evidence of what its lesions and its lesion-free images look like, and ther
   even trained on the site's lesion-free images, tells its lesion images from its normal ones poorly, and
   choosing the threshold for lesion-free images as well turned a third of the lesions into "no lesion" answers;
   a clinician dismisses a false candidate in a glance, a missed lesion is the failure that matters. It is
-  published with the weights (:class:`~radvlsm.proposals.qformer_lite.Calibration`). Known cost: trained on one
-  phrase, the Q-Former loses some of its text conditioning, so a wrong organ's phrase ("colon polyp" on breast
-  US) finds a lesion on a share of the site's images afterwards (the benchmark reports it).
+  published with the weights (:class:`~radvlsm.proposals.qformer_lite.Calibration`).
+* **Phrases.** The labels teach the app's phrase (``lesion``) and the site's own (``phrases``, e.g. "breast
+  lesion"). Every other phrase of :func:`~radvlsm.proposals.phrases.anchor_vocabulary` is an **anchor**: on the
+  site's lesion images its image-text match is distilled from the served model, on its lesion-free images it is
+  a mismatch (``anchor_weight``). Trained on one
+  phrase without anchors, the Q-Former lost some of its text conditioning: "colon polyp" found a lesion on a
+  share of BUS-UCLM's breast scans afterwards, and "breast lesion" fell below the mismatch floor under which it
+  borrows presence from "lesion" (the benchmark reports both).
 
 The published model is trained on all labelled images. Validation runs the inference code itself
 (:meth:`QFormerLiteProposer.with_model`), and a published version is served live by every proposer that follows
@@ -45,7 +50,9 @@ from radvlsm.defaults import DEFAULT_PHRASE
 from radvlsm.geometry import mask_to_box
 from radvlsm.predictor import Encoded
 from radvlsm.proposals.boxes import box_iou
+from radvlsm.proposals.phrases import anchor_vocabulary
 from radvlsm.proposals.qformer_model import QFormerLite, losses
+from radvlsm.text import TextEncoder, pad_batch, validate_text
 from radvlsm.training.data import Item
 from radvlsm.training.gate import item_folds, paired_bootstrap
 from radvlsm.versions import ProposerStore
@@ -56,6 +63,8 @@ SCOPES = ("heads", "qformer")
 MIN_THRESHOLD = 0.1
 #: lesion-free labelled images needed before the presence decision is learned and recalibrated
 MIN_NEGATIVES = 2
+#: the site's own phrases a fine-tune learns besides the app's
+MAX_PHRASES = 8
 
 
 @dataclass
@@ -73,8 +82,18 @@ class ProposerConfig:
     tolerance: float = 0.0
     batch_size: int = 8
     seed: int = 0
+    #: the site's own phrases ("breast lesion"), trained on its labels like the app's phrase
+    phrases: tuple[str, ...] = ()
+    #: weight of the anchor term: every other phrase of :func:`anchor_vocabulary` keeps the served model's
+    #: image-text match on the site's images (0: off, the phrase-blind fine-tune measured before)
+    anchor_weight: float = 1.0
 
     def __post_init__(self) -> None:
+        self.phrases = tuple(validate_text(p, "proposer_phrases") for p in self.phrases)
+        if len(self.phrases) > MAX_PHRASES:
+            raise ValueError(f"proposer_phrases: at most {MAX_PHRASES} phrases, got {len(self.phrases)}")
+        if self.anchor_weight < 0:
+            raise ValueError(f"proposer_anchor_weight: must be >= 0, got {self.anchor_weight!r}")
         if self.scope not in SCOPES:
             raise ValueError(f"proposer_scope: must be one of {list(SCOPES)}, got {self.scope!r}")
         if not 0.0 < self.recall <= 1.0:
@@ -175,17 +194,37 @@ def refused(outcomes: list[Outcome], threshold: float) -> float | None:
     return float(np.mean(free)) if free else None
 
 
-class SiteData:
-    """Targets of every labelled image and, for ``heads`` scope, the frozen Q-Former outputs (computed once)."""
+class Phrases:
+    """The fine-tune's phrases as one padded token table: ``positives`` (the app's phrase first, then the site's)
+    learn the site's labels; ``anchors`` keep the served model's image-text match on every labelled image (its
+    logits, ``teacher``, computed once). Why: trained on one phrase the Q-Former loses its text conditioning, so
+    "colon polyp" began to find lesions on breast scans and "breast lesion" lost the presence it borrows from
+    "lesion" (``benchmarks/bench_site_adaptation.py``)."""
 
-    def __init__(self, model: QFormerLite, items: list[Item], tokens: torch.Tensor, token_mask: torch.Tensor,
-                 img_size: int, scope: str):
+    def __init__(self, encoder: TextEncoder, positives: list[str], anchors: list[str]):
+        self.positives = list(dict.fromkeys(positives))
+        self.anchors = [a for a in dict.fromkeys(anchors) if a not in self.positives]
+        self.names = self.positives + self.anchors
+        self.tokens, self.mask, _ = pad_batch([encoder.encode(p) for p in self.names])
+        self.teacher: torch.Tensor | None = None  # (items, anchors) logits of the served model
+
+    def anchor(self, k: int) -> int:
+        return len(self.positives) + k
+
+
+class SiteData:
+    """Targets of every labelled image and, for ``heads`` scope, the frozen Q-Former outputs (computed once per
+    image and phrase)."""
+
+    def __init__(self, model: QFormerLite, items: list[Item], phrases: Phrases, img_size: int, scope: str):
         grid = model.cfg.grid
         self.device = dev = next(model.parameters()).device
         self.scope = scope
-        self.tokens, self.token_mask = tokens.clone().to(dev), token_mask.clone().to(dev)
+        self.phrases = phrases
+        self.tokens, self.token_mask = phrases.tokens.to(dev), phrases.mask.to(dev)
         self.items = items
-        self.z: list[dict[str, torch.Tensor]] = []
+        self.feats: dict[int, torch.Tensor] = {}  # heads scope: the Q-Former's text-independent patch features
+        self.z: dict[tuple[int, int], dict[str, torch.Tensor]] = {}  # heads scope: (item, phrase) -> outputs
         self.valid, self.heat, self.box, self.match = [], [], [], []
         with torch.no_grad():
             for it in items:
@@ -195,24 +234,72 @@ class SiteData:
                 self.match.append(1.0 if positive else 0.0)
                 self.heat.append(heat_target(it, img_size, grid).to(dev) if positive else torch.zeros(grid, grid))
                 self.box.append(box_target(it.mask).to(dev) if positive else torch.tensor([0.5, 0.5, 1.0, 1.0]))
-                if scope == "heads":
-                    z = model.encode(it.embedding.to(dev).float(), valid[None], self.tokens[None],
-                                     self.token_mask[None])
-                    self.z.append({k: v.to(torch.float16 if k == "feats" else torch.float32) for k, v in z.items()})
+            if phrases.anchors:
+                phrases.teacher = torch.stack([self._logits(model, i) for i in range(len(items))])
 
-    def forward(self, model: QFormerLite, idx: list[int]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def _logits(self, model: QFormerLite, i: int) -> torch.Tensor:
+        """The served model's match logits of item ``i`` for every anchor phrase (one batched forward)."""
+        a = len(self.phrases.anchors)
+        first = len(self.phrases.positives)
+        valid = self.valid[i][None].expand(a, -1, -1)
+        feats = model.project(self.items[i].embedding.to(self.device)).expand(a, -1, -1, -1)
+        z = model.encode(None, valid, self.tokens[first:], self.token_mask[first:], feats=feats)
+        return model.match(z).float()
+
+    def _outputs(self, model: QFormerLite, idx: list[int], phrase: list[int]) -> dict[str, torch.Tensor]:
         valid = torch.stack([self.valid[i] for i in idx])
+        if self.scope == "heads":  # the Q-Former is frozen: its outputs per (image, phrase) are computed once
+            z = [self._z(model, i, p) for i, p in zip(idx, phrase, strict=True)]
+            return model.heads({k: torch.cat([x[k] for x in z]).float() for k in z[0]}, valid)
+        emb = torch.cat([self.items[i].embedding for i in idx]).to(self.device).float()
+        return model(emb, valid, self.tokens[phrase], self.token_mask[phrase])
+
+    @torch.no_grad()
+    def _z(self, model: QFormerLite, i: int, p: int) -> dict[str, torch.Tensor]:
+        if i not in self.feats:  # the patch features do not depend on the phrase: computed once per image
+            self.feats[i] = model.project(self.items[i].embedding.to(self.device)).half()
+        if (i, p) not in self.z:
+            z = model.encode(None, self.valid[i][None], self.tokens[p: p + 1], self.token_mask[p: p + 1],
+                             feats=self.feats[i].float())
+            self.z[(i, p)] = {"queries": z["queries"], "text": z["text"]}
+        return {"feats": self.feats[i], **self.z[(i, p)]}
+
+    def forward(self, model: QFormerLite, idx: list[int], rng: np.random.Generator
+                ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The model's outputs and targets for images ``idx``, each with a positive phrase (the app's phrase half
+        the time when the site has its own)."""
+        n_pos = len(self.phrases.positives)
+        phrase = [0 if n_pos == 1 or rng.random() < 0.5 else int(rng.integers(1, n_pos)) for _ in idx]
+        out = self._outputs(model, idx, phrase)
         n = len(idx)
-        if self.scope == "heads":
-            z = {k: torch.cat([self.z[i][k] for i in idx]).float() for k in self.z[0]}
-            out = model.heads(z, valid)
-        else:
-            emb = torch.cat([self.items[i].embedding for i in idx]).to(self.device).float()
-            out = model(emb, valid, self.tokens[None].expand(n, -1, -1), self.token_mask[None].expand(n, -1))
         target = {"match": torch.tensor([self.match[i] for i in idx], device=self.device),
                   "mask": torch.stack([self.heat[i] for i in idx]), "box": torch.stack([self.box[i] for i in idx]),
-                  "valid": valid, "domain": torch.full((n,), -1, device=self.device)}  # -1: no contrastive term
+                  "valid": torch.stack([self.valid[i] for i in idx]),
+                  "domain": torch.full((n,), -1, device=self.device)}  # -1: no contrastive term
         return out, target
+
+    def anchor_loss(self, model: QFormerLite, idx: list[int], rng: np.random.Generator, learn_match: bool
+                    ) -> torch.Tensor | None:
+        """Binary cross-entropy of the match for one random anchor phrase per image: on a lesion image against
+        the served model's probability (a distillation of the text conditioning the site's labels do not cover);
+        on a lesion-free one (with ``learn_match``) against 0, since no organ's lesion is there either."""
+        teacher = self.phrases.teacher
+        if not learn_match:
+            idx = [i for i in idx if self.match[i]]
+        if teacher is None or not idx:
+            return None
+        k = rng.integers(0, teacher.shape[1], len(idx))
+        phrase = [self.phrases.anchor(int(a)) for a in k]
+        if self.scope == "heads":
+            z = [self._z(model, i, p) for i, p in zip(idx, phrase, strict=True)]
+            queries = {"queries": torch.cat([x["queries"] for x in z])}
+        else:
+            valid = torch.stack([self.valid[i] for i in idx])
+            emb = torch.cat([self.items[i].embedding for i in idx]).to(self.device)
+            queries = model.encode(emb, valid, self.tokens[phrase], self.token_mask[phrase])
+        lesion = torch.tensor([self.match[i] for i in idx])
+        target = (teacher[torch.tensor(idx), torch.from_numpy(k)].sigmoid() * lesion).to(self.device)
+        return torch.nn.functional.binary_cross_entropy_with_logits(model.match(queries), target)
 
 
 def trainable(model: QFormerLite, scope: str, learn_match: bool) -> list[torch.nn.Parameter]:
@@ -234,6 +321,13 @@ def trainable(model: QFormerLite, scope: str, learn_match: bool) -> list[torch.n
 def train_copy(base: QFormerLite, data: SiteData, idx: list[int], cfg: ProposerConfig, learn_match: bool
                ) -> tuple[QFormerLite, list[float]]:
     """A copy of ``base`` trained on images ``idx`` of ``data``; returns it (eval mode) and the epoch losses."""
+    with torch.random.fork_rng(devices=[]):  # dropout draws from torch's generator: seeded, a run repeats
+        torch.manual_seed(cfg.seed)
+        return _train_copy(base, data, idx, cfg, learn_match)
+
+
+def _train_copy(base: QFormerLite, data: SiteData, idx: list[int], cfg: ProposerConfig, learn_match: bool
+                ) -> tuple[QFormerLite, list[float]]:
     model = copy.deepcopy(base)
     opt = torch.optim.AdamW(trainable(model, cfg.scope, learn_match), lr=cfg.lr, weight_decay=0.01)
     rng = np.random.default_rng(cfg.seed)
@@ -244,8 +338,13 @@ def train_copy(base: QFormerLite, data: SiteData, idx: list[int], cfg: ProposerC
         order, total, seen = rng.permutation(idx), 0.0, 0
         for s in range(0, len(order), cfg.batch_size):
             batch = [int(i) for i in order[s: s + cfg.batch_size]]
-            out, target = data.forward(model, batch)
+            out, target = data.forward(model, batch, rng)
             loss = losses(out, target, model, weights)["total"]
+            # with the Q-Former and the match head frozen, nothing the anchor term could move is trained
+            anchor = data.anchor_loss(model, batch, rng, learn_match) if cfg.anchor_weight > 0 and (
+                cfg.scope == "qformer" or learn_match) else None
+            if anchor is not None:
+                loss = loss + cfg.anchor_weight * anchor
             if not loss.requires_grad:  # a batch of lesion-free images while the match head is frozen
                 continue
             opt.zero_grad(set_to_none=True)
@@ -284,9 +383,8 @@ def fine_tune_proposer(proposer, items: list[Item], store: ProposerStore, cfg: P
         run.reason = "proposer not trained (no epochs, no lesion image, or fewer than 2 labelled images)"
         return _done(run, started)
     learn_match = n_neg >= MIN_NEGATIVES
-    feats = proposer.text_encoder.encode(text)
-    data = SiteData(proposer.model, items + extra, feats.tokens, feats.mask, proposer.predictor.backbone.img_size,
-                    cfg.scope)
+    phrases = Phrases(proposer.text_encoder, [text, *cfg.phrases], anchor_vocabulary() if cfg.anchor_weight else [])
+    data = SiteData(proposer.model, items + extra, phrases, proposer.predictor.backbone.img_size, cfg.scope)
     always = list(range(len(items), len(items) + len(extra)))  # the extra items train in every fold
     oof: list[Outcome | None] = [None] * len(items)
     held_out = item_folds(items, cfg.folds)
@@ -320,7 +418,8 @@ def fine_tune_proposer(proposer, items: list[Item], store: ProposerStore, cfg: P
     calibration = {"calibration.match_threshold": torch.tensor(float(threshold)),
                    "calibration.heat_threshold": torch.tensor(float(proposer.heat_threshold))}
     state = {**{f"qformer.{k}": v for k, v in model.state_dict().items()}, **calibration}
-    meta = {"base_version": base_version, "text": text, "config": asdict(cfg), "images": len(items),
+    meta = {"base_version": base_version, "text": text, "phrases": phrases.positives,
+            "anchors": phrases.anchors, "config": asdict(cfg), "images": len(items),
             "lesion_free": n_neg, "pseudo_labels": [it.image_id for it in extra], "match_threshold": threshold,
             "lesion_free_refused": [run.lesion_free_refused_before, run.lesion_free_refused_after],
             "gate": run.gate, "iou_before": iou_b,
