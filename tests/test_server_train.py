@@ -19,8 +19,10 @@ LABELLED = ["bus_0017-s", "bus_0075-r", "bus_0083-r", "bus_0130-l"]  # bus_0017-
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    # site_exemplars (off by default) on: the saved labels' exemplar help is checked here too
-    server = start_server(tmp_path_factory.mktemp("train_server"), conf={"site_exemplars": "true"})
+    # site_exemplars (off by default) on: the saved labels' exemplar help is checked here too; the site's phrase
+    # is what a request without proposer_phrases teaches the proposer besides the app's
+    server = start_server(tmp_path_factory.mktemp("train_server"),
+                          conf={"site_exemplars": "true", "site_phrases": "breast lesion; breast mass"})
     yield server
     stop_server(server.proc)
 
@@ -69,6 +71,7 @@ def wait_done(srv, timeout=600) -> dict:
     ("radvlsm", {"epochs": "five"}, "epochs"),
     ("radvlsm", {"proposer_scope": "all"}, "proposer_scope"),
     ("radvlsm", {"gate_confidence": 2}, "gate_confidence"),
+    ("radvlsm", {"proposer_phrases": "breast lesion"}, "proposer_phrases"),  # a list, not a string
     ("radvlsm", {"max_images": "all"}, "max_images"),
     ("", {"radvlsm": {"train_proposer": "maybe"}}, "train_proposer"),  # POST /train/: options per task
     ("diagnosis", {"strength": "a lot"}, "strength"),
@@ -89,6 +92,7 @@ def test_train_publishes_and_infer_uses_it_live(srv):
         assert r.status_code == 200, r.text
     info = requests.get(f"{srv.url}/info/", timeout=30).json()
     assert "radvlsm" in info["trainers"] and info["trainers"]["radvlsm"]["config"]["epochs"] >= 1
+    assert info["trainers"]["radvlsm"]["config"]["proposer_phrases"] == ["breast lesion", "breast mass"]
     assert sam_version(srv) == "shipped"
     # the 4 saved labels joined the site's exemplars at once (3 scored against both sources: the first met an
     # empty bank), so the pipeline pools the exemplars' candidates with the text proposer's, before any training
@@ -114,6 +118,8 @@ def test_train_publishes_and_infer_uses_it_live(srv):
 
     # the proposer's heads were fine-tuned in the same run and gated on their own (held-back top-1 box IoU)
     assert stats["proposer"]["published"] and stats["proposer_served_version"] == "v0001", stats["proposer"]
+    assert stats["proposer"]["phrases"] == ["lesion", "breast lesion", "breast mass"], stats["proposer"]
+    assert stats["proposer"]["anchors"] > 10
     assert (proposer_dir(srv) / "v0001.pt").is_file() and stats["proposer_versions"] == ["v0001"]
 
     assert sam_version(srv) == "v0001"  # same server process, no restart

@@ -66,6 +66,9 @@ class Settings:
     qformer_checkpoint: str | None = None
     diagnosis_dir: str | None = None
     text: str = DEFAULT_PHRASE
+    #: the site's own phrases ("breast lesion"): what ``/train/radvlsm`` teaches the proposer besides ``text``
+    #: unless a request names its ``proposer_phrases`` (``--conf site_phrases "breast lesion;breast mass"``)
+    site_phrases: tuple[str, ...] = ()
     site_exemplars: bool = False
     template_exemplars: int = 200
     blip2_path: str | None = None
@@ -79,7 +82,8 @@ class Settings:
     @classmethod
     def from_conf(cls, conf: dict[str, str], model_dir: str | Path | None = None) -> Settings:
         """MONAI Label's ``--conf`` strings (``backbone``, ``checkpoint``, ``device``, ``runtime``, ``runtime_dir``,
-        ``cache_mb``, ``trained_dir``, ``qformer_checkpoint``, ``diagnosis_dir``, ``text``, ``site_exemplars``,
+        ``cache_mb``, ``trained_dir``, ``qformer_checkpoint``, ``diagnosis_dir``, ``text``, ``site_phrases``
+        (separated by ``;``), ``site_exemplars``,
         ``template_exemplars``, ``blip2_path``); ``model_dir`` is the app's model folder."""
         return cls(
             backbone=conf.get("backbone", "litemedsam"),
@@ -92,6 +96,7 @@ class Settings:
             qformer_checkpoint=conf.get("qformer_checkpoint") or None,
             diagnosis_dir=conf.get("diagnosis_dir") or None,
             text=conf.get("text", DEFAULT_PHRASE),
+            site_phrases=tuple(p.strip() for p in conf.get("site_phrases", "").split(";") if p.strip()),
             # --conf site_exemplars true: the pipeline is helped by the site's exemplars (off by default)
             site_exemplars=conf.get("site_exemplars", "false").lower() == "true",
             template_exemplars=int(conf.get("template_exemplars", "200")),

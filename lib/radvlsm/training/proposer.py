@@ -118,6 +118,8 @@ class ProposerRun:
     lesion_free_refused_after: float | None = None  # the same, out of fold, at the calibrated threshold
     gate: dict[str, Any] = field(default_factory=dict)  # GateResult of the per-image score
     match_threshold: float | None = None  # the calibrated presence threshold (published with the version)
+    phrases: list[str] = field(default_factory=list)  # trained on the labels (the app's phrase first)
+    anchors: int = 0  # phrases whose served match was kept
     losses: list[float] = field(default_factory=list)  # per epoch, of the model trained on all images
     seconds: float = 0.0
     reason: str = ""
@@ -384,6 +386,7 @@ def fine_tune_proposer(proposer, items: list[Item], store: ProposerStore, cfg: P
         return _done(run, started)
     learn_match = n_neg >= MIN_NEGATIVES
     phrases = Phrases(proposer.text_encoder, [text, *cfg.phrases], anchor_vocabulary() if cfg.anchor_weight else [])
+    run.phrases, run.anchors = phrases.positives, len(phrases.anchors)
     data = SiteData(proposer.model, items + extra, phrases, proposer.predictor.backbone.img_size, cfg.scope)
     always = list(range(len(items), len(items) + len(extra)))  # the extra items train in every fold
     oof: list[Outcome | None] = [None] * len(items)

@@ -35,7 +35,8 @@ class RadVLSMConfig(TaskConfig):
 
         stack = self.stack
         return RadVLSMTrain(stack.predictor, stack.decoder_store, stack.text_proposer, stack.proposer_store,
-                            stack.settings.text, pseudo_store(stack.settings.trained_dir, stack.settings.backbone))
+                            stack.settings.text, pseudo_store(stack.settings.trained_dir, stack.settings.backbone),
+                            site_phrases=stack.settings.site_phrases)
 
     def on_datastore(self, datastore) -> None:
         stack = self.stack

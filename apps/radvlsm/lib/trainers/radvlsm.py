@@ -37,7 +37,9 @@ DESCRIPTION = ("Teach the app the site from its final (corrected) labels, lesion
                "published only if its per-image score is better with confidence (paired bootstrap; decoder: "
                "cross-validated while few images are held back; proposer: cross-validated). Options: epochs, lr, "
                "batch_size, box_jitter, clicks, train_decoder, train_prompt_encoder, train_proposer, proposer_epochs, "
-               "proposer_lr, proposer_scope, proposer_folds, gate_confidence, decoder_gate, decoder_folds, "
+               "proposer_lr, proposer_scope, proposer_folds, proposer_phrases (the site's own phrases, default "
+               "--conf site_phrases), proposer_anchor_weight (every other phrase keeps the served match), "
+               "gate_confidence, decoder_gate, decoder_folds, "
                "encoder_lora_rank, encoder_lora_lr, "
                "tolerance, seed, max_images, multi_gpu, pseudo_labels (VESSA stage 2: confident answers on unlabelled "
                "images also train the proposer; off by default), pseudo_min_agreement, pseudo_max_images.")
@@ -54,8 +56,9 @@ def _alive(pid: Any) -> bool:
 class RadVLSMTrain(TrainTask):
     def __init__(self, predictor: SegmentPredictor, store: DecoderStore, proposer=None,
                  proposer_store: ProposerStore | None = None, text: str = DEFAULT_PHRASE,
-                 pseudo_store: PseudoLabelStore | None = None):
+                 pseudo_store: PseudoLabelStore | None = None, site_phrases: tuple[str, ...] = ()):
         super().__init__(DESCRIPTION)
+        self.site_phrases = list(site_phrases)  # --conf site_phrases: the default of proposer_phrases
         self.predictor = predictor
         self.store = store
         self.proposer = proposer
@@ -64,7 +67,11 @@ class RadVLSMTrain(TrainTask):
         self.pseudo_store = pseudo_store
 
     def config(self) -> dict[str, Any]:
-        return {**asdict(TrainConfig()), "max_images": 0, "multi_gpu": False}
+        return {**asdict(self.defaults()), "max_images": 0, "multi_gpu": False}
+
+    def defaults(self) -> TrainConfig:
+        """What a request without options runs: :class:`TrainConfig`'s defaults and the site's phrases."""
+        return TrainConfig(proposer_phrases=list(self.site_phrases))
 
     def stats(self) -> dict[str, Any]:
         stats = self.store.read_stats()
@@ -84,7 +91,7 @@ class RadVLSMTrain(TrainTask):
         if strict:  # the run itself is not: MONAI Label's POST /train/ merges every task's options into each
             check_known(request, self.config(), "train option", ignore=SERVER_KEYS)
         try:
-            cfg = TrainConfig.from_request(request)
+            cfg = TrainConfig.from_request({"proposer_phrases": self.site_phrases, **request})
         except InputError:
             raise
         except ValueError as exc:  # TrainConfig's messages start with the field's name
