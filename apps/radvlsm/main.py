@@ -19,6 +19,7 @@ import lib.configs
 from lib.activelearning import STRATEGY_TASKS
 from lib.batch import PreAnnotateBatch
 from lib.server.datastore import SafeLocalDatastore
+from radvlsm.defaults import LABELS
 from radvlsm.errors import CheckpointError, InputError
 from radvlsm.io import set_max_pixels
 from radvlsm.params import check_id, get_bool
@@ -62,7 +63,7 @@ class RadVLSMApp(MONAILabelApp):
             self.task_configs[name] = config
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="radvlsm",
                          description="Text-guided lesion segmentation and diagnosis for 2D medical images",
-                         version="0.1.0", labels={"lesion": 1})
+                         version="0.1.0", labels=dict(LABELS))
         # MONAI Label rescores every image after each train / next-sample request; on CPU that is minutes of
         # pipeline runs, so it is opt-in here (--conf auto_scoring true); POST /scoring/uncertainty scores on demand.
         self._auto_update_scoring = conf.get("auto_scoring", "false").lower() == "true"

@@ -5,3 +5,13 @@ DEFAULT_PHRASE = "lesion"
 
 #: candidate boxes a proposer returns unless asked otherwise (the ``top_k`` request parameter)
 DEFAULT_TOP_K = 3
+
+#: the name of a lesion's value in every label the app writes (value 1; ``lesion 2``, ... when several are
+#: numbered): MONAI Label's ``labels``, the result's ``label_names``, a DICOM SEG's segment label
+LESION = "lesion"
+LABELS = {LESION: 1}
+
+
+def lesion_names(n: int) -> dict[str, int]:
+    """Label names of ``n`` lesions numbered 1..n (a single one is just ``lesion``)."""
+    return {LESION: 1} if n == 1 else {f"{LESION} {i}": i for i in range(1, n + 1)}

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from radvlsm.defaults import LESION
 from radvlsm.errors import ImageReadError
 
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -118,7 +119,7 @@ def _segment_attributes(labels: Sequence[int], label_info: Sequence[dict[str, An
     out = []
     for i, value in enumerate(labels):
         info = dict(label_info[i]) if label_info and i < len(label_info) and isinstance(label_info[i], dict) else {}
-        name = str(info.get("name") or ("lesion" if len(labels) == 1 else f"lesion {value}"))
+        name = str(info.get("name") or (LESION if len(labels) == 1 else f"{LESION} {value}"))
         rgb = [int(c) for c in list(info.get("color") or (255, 64, 64))[:3]]
         out.append({
             "labelID": int(value),

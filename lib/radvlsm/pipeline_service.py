@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from radvlsm.aggregation import SelectionConfig
-from radvlsm.defaults import DEFAULT_PHRASE, DEFAULT_TOP_K
+from radvlsm.defaults import DEFAULT_PHRASE, DEFAULT_TOP_K, lesion_names
 from radvlsm.errors import InputError
 from radvlsm.geometry import parse_prompts
 from radvlsm.io import Image2D, load_mask
@@ -103,7 +103,7 @@ class DiagnosisService:
             for i, m in enumerate(masks):
                 label[(m > 0) & (label == 0)] = i + 1
             # the label's values are lesions, not the benign/malignant classes of the prediction
-            out["label_names"] = {"lesion" if len(masks) == 1 else f"lesion {i + 1}": i + 1 for i in range(len(masks))}
+            out["label_names"] = lesion_names(len(masks))
         return LabelResult(label, image, out)
 
     def run_volume(self, volume: Volume, request: dict[str, Any]) -> LabelResult:

@@ -7,14 +7,14 @@ from typing import Any
 
 import numpy as np
 
+from radvlsm.defaults import DEFAULT_PHRASE, DEFAULT_TOP_K, LESION
 from radvlsm.errors import InputError
 from radvlsm.geometry import box_to_slicer_roi
 from radvlsm.io import Image2D
 from radvlsm.markups import roi_markups
 from radvlsm.params import get_bool, get_int
 from radvlsm.predictor import SegmentPredictor
-from radvlsm.proposals.base import DEFAULT_TOP_K, BoxProposer, Proposal
-from radvlsm.proposals.phrases import DEFAULT_PHRASE
+from radvlsm.proposals.base import BoxProposer, Proposal
 from radvlsm.proposals.refine import refine_candidates
 from radvlsm.service import LabelResult, load_request_image, run_on_input
 from radvlsm.text import validate_text
@@ -101,6 +101,6 @@ class ProposalService:
             if heats:
                 label = np.rint(np.max(heats, axis=0) * 255).astype(np.uint8)
         cands = result["candidates"]
-        markups = roi_markups([c["box"] for c in cands], image, [f"lesion {i + 1}" for i in range(len(cands))],
+        markups = roi_markups([c["box"] for c in cands], image, [f"{LESION} {i + 1}" for i in range(len(cands))],
                               [f"'{result['text']}' score {c['score']:.2f}" for c in cands])
         return LabelResult(label, image, result, markups=markups)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from lib.infers.base import ServiceInfer
+from radvlsm.defaults import LABELS
 from radvlsm.proposal_service import ProposalService
 
 DESCRIPTION = (
@@ -16,6 +17,6 @@ DESCRIPTION = (
 
 
 def box_proposal_infer(service: ProposalService) -> ServiceInfer:
-    return ServiceInfer(service, InferType.DETECTION, {"lesion": 1}, DESCRIPTION,
+    return ServiceInfer(service, InferType.DETECTION, dict(LABELS), DESCRIPTION,
                         {"text": service.default_text, "top_k": 3, "backend": service.default_backend,
                          "heatmap": False})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from lib.infers.base import ServiceInfer
+from radvlsm.defaults import LABELS
 from radvlsm.pipeline_service import DiagnosisService, PipelineService
 
 PIPELINE = (
@@ -21,7 +22,7 @@ DIAGNOSIS = (
 
 
 def radvlsm_infer(service: PipelineService) -> ServiceInfer:
-    return ServiceInfer(service, InferType.SEGMENTATION, {"lesion": 1}, PIPELINE,
+    return ServiceInfer(service, InferType.SEGMENTATION, dict(LABELS), PIPELINE,
                         {"text": service.default_text, "top_k": 3, "diagnose": True})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from lib.infers.base import ServiceInfer
+from radvlsm.defaults import LABELS
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.service import SamService
 
@@ -17,5 +18,5 @@ DESCRIPTION = (
 
 
 def sam_infer(predictor: SegmentPredictor) -> ServiceInfer:
-    return ServiceInfer(SamService(predictor), InferType.DEEPGROW, {"lesion": 1}, DESCRIPTION,
+    return ServiceInfer(SamService(predictor), InferType.DEEPGROW, dict(LABELS), DESCRIPTION,
                         {"multilabel": False, "propagate": False, "backbone": predictor.backbone.name})
