@@ -40,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import Recording, dice, pipeline_over, stack_for  # noqa: E402
+from benchmarks.common import Recording, dice, stack_for  # noqa: E402
 from benchmarks.datasets import load, uclm_pathology  # noqa: E402
 from radvlsm.geometry import mask_to_box  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
@@ -221,7 +221,7 @@ def main() -> None:
                       diagnosis_dir=str(DIAGNOSIS_DIR), diagnose=args.diagnosis, mask_ranker=args.mask_ranker)
     predictor = stack.predictor
     rec = Recording(stack.proposer)
-    pipe = pipeline_over(stack, rec)  # the stack's pipeline, its proposer's answers kept
+    pipe = stack.pipeline_over(rec)  # the stack's pipeline, its proposer's answers kept
     diagnoser = stack.diagnoser
     lines, diag, by_set = [], [], {}
     for name in args.sets:

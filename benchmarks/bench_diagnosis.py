@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from diagnosis_common import MODEL_DIR, TEST_FOLD, cases  # noqa: E402
 from diagnosis_train import load_features  # noqa: E402
 
-from benchmarks.common import encoding_diagnoser, stack_for  # noqa: E402
+from benchmarks.common import stack_for  # noqa: E402
 
 
 def e2e(model_dir: Path, test: list, probs: np.ndarray, n: int) -> dict:
@@ -40,7 +40,7 @@ def e2e(model_dir: Path, test: list, probs: np.ndarray, n: int) -> dict:
     # eager LiteMedSAM on the CPU, no disk cache; the head in model_dir, the predictor its encoder (roi views)
     stack = stack_for(diagnosis_dir=str(model_dir), diagnose=True)
     pred = stack.predictor
-    diag = encoding_diagnoser(stack)
+    diag = stack.diagnoser
     if diag is None:
         raise SystemExit(f"--e2e: no diagnosis head (head.json) in the folder {model_dir}")
     diffs, t = [], []

@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import Recording, dice, iou, pipeline_over, stack_for, write_csv  # noqa: E402
+from benchmarks.common import Recording, dice, iou, stack_for, write_csv  # noqa: E402
 from benchmarks.datasets import load  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
 from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline  # noqa: E402
@@ -222,7 +222,7 @@ def main() -> None:
     stack = stack_for(disk_cache=DISK_CACHE, diagnosis_dir=str(MODEL_DIR), diagnose=args.diagnosis)
     predictor = stack.predictor
     rec = Recording(stack.proposer)
-    pipe = pipeline_over(stack, rec)  # the stack's pipeline, its proposer's answers kept
+    pipe = stack.pipeline_over(rec)  # the stack's pipeline, its proposer's answers kept
     diagnoser = stack.diagnoser
     # new-image latency: the same settings without the disk cache (built on first use)
     latency = Stack(replace(stack.settings, disk_cache=None))

@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import dice, extra_proposer, stack_for, write_csv  # noqa: E402
+from benchmarks.common import dice, stack_for, write_csv  # noqa: E402
 from benchmarks.datasets import load  # noqa: E402
 from radvlsm.geometry import mask_to_box  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
@@ -157,7 +157,7 @@ def main() -> None:
                     raise SystemExit(f"{name}: give --bank for the template exemplars")
                 proposers[b] = build_bank(stack, bank, args.exemplars)
             else:
-                proposers[b] = extra_proposer(stack, b)
+                proposers[b] = stack.proposer_over(b)
         service = ProposalService(predictor, proposers, default_backend=args.backends[0], default_text=args.text)
         wrong = args.wrong_text or WRONG.get(dom)
         refine = {} if args.refine == "default" else {"refine": args.refine == "on"}

@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import extra_proposer, stack_for  # noqa: E402
+from benchmarks.common import stack_for  # noqa: E402
 from benchmarks.datasets import busbra  # noqa: E402
 from radvlsm.training.data import TrainSample, prepare  # noqa: E402
 from radvlsm.training.proposer import ProposerConfig, fine_tune_proposer, outcome  # noqa: E402
@@ -56,7 +56,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             store = ProposerStore(tmp)
             run = fine_tune_proposer(proposer, train, store, ProposerConfig(epochs=epochs, lr=lr))
-            follower = (extra_proposer(stack, "qformer_lite", checkpoint=stack.settings.qformer_path, store=store)
+            follower = (stack.proposer_over("qformer_lite", checkpoint=stack.settings.qformer_path, store=store)
                         if run.published else proposer)
             after = [outcome(follower, it, "lesion") for it in val]
         g = run.gate

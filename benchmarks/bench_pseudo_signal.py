@@ -26,12 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_site_adaptation import DISK_CACHE, site_cases  # noqa: E402
+from benchmarks.common import stack_for  # noqa: E402
 from radvlsm.geometry import mask_to_box  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
-from radvlsm.models import build_backbone  # noqa: E402
-from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline  # noqa: E402
-from radvlsm.predictor import SegmentPredictor  # noqa: E402
-from radvlsm.proposals import build_proposer  # noqa: E402
+from radvlsm.pipeline import PipelineOptions  # noqa: E402
 from radvlsm.proposals.boxes import box_iou  # noqa: E402
 from radvlsm.training.pseudo import MIN_AGREEMENT  # noqa: E402
 
@@ -65,15 +63,14 @@ def main() -> None:
     pool = pool[: args.pool]
     by_id = {c[2]: c for c in pool}
     labelled = labelling_order(list(by_id))[: args.labels]
-    predictor = SegmentPredictor(build_backbone("litemedsam"), disk_cache=DISK_CACHE, runtime="auto")
-    text = build_proposer("qformer_lite", predictor=predictor, checkpoint=str(start))
-    bank = build_proposer("template", predictor=predictor, max_exemplars=200)
+    stack = stack_for(runtime="auto", disk_cache=DISK_CACHE, qformer_checkpoint=str(start), mask_ranker="off")
+    predictor, text, bank = stack.predictor, stack.text_proposer, stack.site.bank
     for c in labelled:
         image = load_image(by_id[c][0])
         mask = load_mask(by_id[c][1], image.shape) > 0
         if mask.any():
             bank.add_exemplar(c, image, mask)
-    pipeline = RadVLSMPipeline(predictor, text, None)
+    pipeline = stack.pipeline
     rows = []
     for case_id, (image_path, mask_path, _, _) in sorted(by_id.items()):
         if case_id in labelled:

@@ -49,17 +49,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import dice  # noqa: E402
+from benchmarks.common import dice, stack_for  # noqa: E402
 from benchmarks.datasets import DATA, ddti, held_out, uclm  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
-from radvlsm.models import build_backbone  # noqa: E402
-from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline  # noqa: E402
-from radvlsm.predictor import SegmentPredictor  # noqa: E402
-from radvlsm.proposals import build_proposer  # noqa: E402
-from radvlsm.proposals.site_exemplars import ExemplarAssistedProposer, SiteExemplars  # noqa: E402
-from radvlsm.training import DecoderStore, DecoderWatcher, TrainConfig, TrainSample, fine_tune  # noqa: E402
+from radvlsm.pipeline import PipelineOptions  # noqa: E402
+from radvlsm.training import TrainConfig, TrainSample, fine_tune  # noqa: E402
 from radvlsm.training.pseudo import PseudoLabelStore, make_pseudo_labels  # noqa: E402
-from radvlsm.training.store import ProposerStore  # noqa: E402
 from radvlsm.training.uncertainty import score_image  # noqa: E402
 
 DISK_CACHE = "~/.cache/radvlsm/embeddings"
@@ -97,19 +92,17 @@ class Curve:
         self.state_path = self.work / "state.json"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {
             "labelled": [], "rounds": [], "options": args.options}
-        self.predictor = SegmentPredictor(build_backbone("litemedsam"), disk_cache=DISK_CACHE, runtime="auto")
-        self.decoders = DecoderStore(self.work / "sam_decoder")
-        self.predictor.decoder_watcher = DecoderWatcher(self.decoders, self.predictor.backbone, self.predictor.lock)
-        self.predictor.decoder_watcher.refresh()
-        self.proposers = ProposerStore(self.work / "qformer_lite")
-        self.proposer = build_proposer("qformer_lite", predictor=self.predictor, checkpoint=str(self.start),
-                                       store=self.proposers)
-        self.assisted = None
-        if args.exemplars:
-            bank = build_proposer("template", predictor=self.predictor, max_exemplars=200)
-            self.assisted = ExemplarAssistedProposer(self.proposer, SiteExemplars(bank), "lesion")
+        # what the server serves for this site: its store (trained_dir), the start checkpoint, the site's exemplars
+        # with --exemplars; the text proposer is measured alone (no mask ranker), as every curve here was
+        self.stack = stack_for(runtime="auto", disk_cache=DISK_CACHE, trained_dir=str(self.work),
+                               qformer_checkpoint=str(self.start), mask_ranker="off", site_exemplars=args.exemplars)
+        self.predictor = self.stack.predictor
+        self.decoders, self.proposers = self.stack.decoder_store, self.stack.proposer_store
+        self.proposer = self.stack.text_proposer
+        self.assisted = self.stack.proposer if args.exemplars else None
+        if self.assisted is not None:
             self.learn(self.state["labelled"])
-        self.pipeline = RadVLSMPipeline(self.predictor, self.assisted or self.proposer, None)
+        self.pipeline = self.stack.pipeline
 
     def learn(self, ids: list[str]) -> None:
         """The labels join the site's exemplars (what the server does when each is saved)."""
@@ -168,7 +161,7 @@ class Curve:
         if not cfg.pseudo_labels:
             return []
         free = [(c, self.pool[c][0]) for c in sorted(set(self.pool) - set(self.state["labelled"]))]
-        text_path = RadVLSMPipeline(self.predictor, self.proposer, None)
+        text_path = self.stack.pipeline_over(self.proposer)
         return make_pseudo_labels(text_path, free, len(self.state["labelled"]), PseudoLabelStore(self.work / "pseudo"),
                                   "lesion", cfg.pseudo_min_agreement, cfg.pseudo_max_images)
 

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_site_adaptation import DISK_CACHE, site_cases  # noqa: E402
-from benchmarks.common import dice, pipeline_over, stack_for  # noqa: E402
+from benchmarks.common import dice, stack_for  # noqa: E402
 from benchmarks.datasets import busbra  # noqa: E402
 from radvlsm.io import load_image, load_mask  # noqa: E402
 from radvlsm.pipeline import PipelineOptions  # noqa: E402
@@ -99,7 +99,7 @@ def main() -> None:
                          "shipped": shipped}
             for rule in RULES:
                 for p in dict.fromkeys([phrase, "lesion"] if rule != "exemplars" else [phrase]):  # bank: no text
-                    pipeline = stack.pipeline if rule == "shipped" else pipeline_over(stack, proposers[rule])
+                    pipeline = stack.pipeline if rule == "shipped" else stack.pipeline_over(proposers[rule])
                     d, fp = [], []
                     for image, gt, has_lesion in data:
                         res = pipeline.run(image, PipelineOptions(text=p, diagnose=False))

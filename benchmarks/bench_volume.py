@@ -39,17 +39,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import dice  # noqa: E402
+from benchmarks.common import dice, stack_for  # noqa: E402
 from benchmarks.datasets import DATA  # noqa: E402
 from radvlsm.geometry import Prompts, mask_to_box  # noqa: E402
-from radvlsm.models import build_backbone  # noqa: E402
-from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline  # noqa: E402
-from radvlsm.predictor import SegmentPredictor  # noqa: E402
+from radvlsm.pipeline import PipelineOptions  # noqa: E402
 from radvlsm.propagation import propagate  # noqa: E402
-from radvlsm.proposals import build_proposer  # noqa: E402
-from radvlsm.training import DecoderStore, DecoderWatcher, TrainConfig, TrainSample, fine_tune  # noqa: E402
+from radvlsm.training import TrainConfig, TrainSample, fine_tune  # noqa: E402
 from radvlsm.training.data import volume_samples  # noqa: E402
-from radvlsm.training.store import ProposerStore  # noqa: E402
 from radvlsm.volume import load_input, load_volume_label  # noqa: E402
 from radvlsm.volume_pipeline import text_on_volume  # noqa: E402
 
@@ -86,16 +82,9 @@ class Models:
     """A predictor, the decoder and proposer it serves (shipped, or published into ``work`` by a fine-tune)."""
 
     def __init__(self, work: Path | None, disk_cache: str | None = DISK_CACHE):
-        self.predictor = SegmentPredictor(build_backbone("litemedsam"), disk_cache=disk_cache, runtime="auto")
-        self.decoders = self.proposers = None
-        if work is not None:
-            self.decoders = DecoderStore(work / "sam_decoder")
-            self.predictor.decoder_watcher = DecoderWatcher(self.decoders, self.predictor.backbone,
-                                                            self.predictor.lock)
-            self.predictor.decoder_watcher.refresh()
-            self.proposers = ProposerStore(work / "qformer_lite")
-        self.proposer = build_proposer("qformer_lite", predictor=self.predictor, store=self.proposers)
-        self.pipeline = RadVLSMPipeline(self.predictor, self.proposer, None)
+        stack = stack_for(runtime="auto", disk_cache=disk_cache, trained_dir=str(work) if work is not None else None)
+        self.predictor, self.proposer, self.pipeline = stack.predictor, stack.text_proposer, stack.pipeline
+        self.decoders, self.proposers = stack.decoder_store, stack.proposer_store
 
 
 def measure(models: Models, name: str) -> dict:

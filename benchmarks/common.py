@@ -2,9 +2,9 @@
 keeps its last answer.
 
 Every benchmark builds what it measures through :mod:`radvlsm.stack` (#17), from :data:`BENCH` with the settings it
-compares (:func:`stack_for`). The few parts a stack does not build (a proposer over the stack's predictor with
-another checkpoint, store or bank size, another backend; a pipeline over another proposer; a diagnoser with an
-encoder) are built here, once: :func:`extra_proposer`, :func:`pipeline_over`, :func:`encoding_diagnoser`.
+compares (:func:`stack_for`); what the server does not serve but a benchmark compares (another proposer over the
+same predictor, a pipeline over it) comes from the stack too (:meth:`Stack.proposer_over`,
+:meth:`Stack.pipeline_over`).
 """
 
 from __future__ import annotations
@@ -12,16 +12,11 @@ from __future__ import annotations
 import csv
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from radvlsm.stack import Settings, Stack
-
-if TYPE_CHECKING:
-    from radvlsm.diagnosis import Diagnoser
-    from radvlsm.pipeline import RadVLSMPipeline
-    from radvlsm.proposals.base import BoxProposer
 
 #: what the benchmarks measured before the stack: the backbone on the CPU, the eager encoder (unless a benchmark
 #: asks for another), no start-up warm-up, no diagnosis head unless asked, the shipped weights only (no trained_dir)
@@ -31,31 +26,6 @@ BENCH = Settings(device="cpu", runtime="eager", warm_up=False, diagnose=False)
 def stack_for(**fields: Any) -> Stack:
     """The stack a benchmark measures: :data:`BENCH` with ``fields`` (:class:`radvlsm.stack.Settings` fields)."""
     return Stack(replace(BENCH, **fields))
-
-
-def extra_proposer(stack: Stack, name: str, **kwargs: Any) -> BoxProposer:
-    """A proposer the stack does not build, over its predictor: ``qformer_lite`` from another checkpoint or following
-    another store, a fresh ``template`` bank, another backend (``build_proposer(name, predictor=..., **kwargs)``)."""
-    from radvlsm.proposals import build_proposer
-
-    return build_proposer(name, predictor=stack.predictor, **kwargs)
-
-
-def pipeline_over(stack: Stack, proposer: Any) -> RadVLSMPipeline:
-    """The stack's pipeline (its predictor and diagnoser) over another proposer: a rule compared with the served
-    one, or the served proposer wrapped in a :class:`Recording`."""
-    from radvlsm.pipeline import RadVLSMPipeline
-
-    return RadVLSMPipeline(stack.predictor, proposer, stack.diagnoser)
-
-
-def encoding_diagnoser(stack: Stack) -> Diagnoser | None:
-    """The stack's diagnoser with the stack's predictor as its encoder (a head with the ``roi`` view encodes the
-    lesion crop; the stack builds the diagnoser without one, so such a head would answer from radiomics only)."""
-    diagnoser = stack.diagnoser
-    if diagnoser is not None and diagnoser.encoder is None:
-        diagnoser.encoder = stack.predictor.encode
-    return diagnoser
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

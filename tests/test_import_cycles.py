@@ -151,3 +151,30 @@ def test_serving_never_imports_training():
         if hits:
             offenders[module_name(path)] = sorted(hits)
     assert not offenders, f"serving modules import radvlsm.training: {offenders}"
+
+
+#: what builds a backbone, a predictor or a proposer: only the stack (and the library's own builders) call these
+BUILDERS = {"build_backbone", "build_proposer", "SegmentPredictor"}
+
+
+def builder_calls(path: Path) -> list[str]:
+    """``name:line`` of every call of a :data:`BUILDERS` name in ``path`` (plain or attribute call)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            if name in BUILDERS:
+                out.append(f"{name}:{node.lineno}")
+    return out
+
+
+def test_cli_app_and_benchmarks_build_through_the_stack():
+    """The CLI, the MONAI Label app and every benchmark get their predictor and proposers from
+    :class:`radvlsm.stack.Stack` (so each measures or serves what the server serves): none calls a builder."""
+    root = LIB.parent
+    files = [LIB / PACKAGE / "cli.py", *sorted((root / "apps" / "radvlsm").rglob("*.py")),
+             *sorted((root / "benchmarks").glob("*.py"))]
+    offenders = {str(p.relative_to(root)): calls for p in files if (calls := builder_calls(p))}
+    assert not offenders, f"builders called outside the stack: {offenders}"
+    assert builder_calls(LIB / PACKAGE / "stack.py")  # the check sees calls where they are

@@ -286,8 +286,9 @@ class Stack:
             return None
         from radvlsm.diagnosis import Diagnoser
 
-        # site-recalibrated heads (POST /train/diagnosis) are followed live, as the decoder is
-        return Diagnoser.load(head_dir, store=self.head_store)
+        # site-recalibrated heads (POST /train/diagnosis) are followed live, as the decoder is; a head with the
+        # ``roi`` view encodes the lesion crop with the stack's predictor (built when first needed)
+        return Diagnoser.load(head_dir, encoder=lambda image: self.predictor.encode(image), store=self.head_store)
 
     @property
     def pipeline(self) -> RadVLSMPipeline:
@@ -295,7 +296,19 @@ class Stack:
         return self._once("pipeline", self._build_pipeline)
 
     def _build_pipeline(self) -> RadVLSMPipeline:
+        return self.pipeline_over(self.proposer)
+
+    # -- parts the server does not serve, over the same predictor (what benchmarks compare) ------------------------
+    def pipeline_over(self, proposer: Any) -> RadVLSMPipeline:
+        """The stack's pipeline (its predictor and diagnoser) over another proposer: a rule compared with the
+        served one, or the served proposer wrapped to keep its answers."""
         from radvlsm.pipeline import RadVLSMPipeline
 
-        predictor, proposer = self.predictor, self.proposer
-        return RadVLSMPipeline(predictor, proposer, self.diagnoser)
+        return RadVLSMPipeline(self.predictor, proposer, self.diagnoser)
+
+    def proposer_over(self, name: str, **kwargs: Any) -> BoxProposer:
+        """A proposer the stack does not serve, over its predictor (one encode per image for both): ``qformer_lite``
+        from another checkpoint or following another store, a fresh ``template`` bank, another backend."""
+        from radvlsm.proposals import build_proposer
+
+        return build_proposer(name, predictor=self.predictor, **kwargs)
