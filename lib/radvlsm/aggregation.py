@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from radvlsm.defaults import DEFAULT_MAX_LESIONS
 from radvlsm.predictor import Encoded, SegmentPredictor
 from radvlsm.proposals.base import Candidate
 from radvlsm.proposals.boxes import box_iou
@@ -56,7 +57,7 @@ class AggregationConfig:
 
 @dataclass
 class SelectionConfig:
-    max_lesions: int = 3
+    max_lesions: int = DEFAULT_MAX_LESIONS
     #: a further lesion is kept only if its reliability is at least this share of the best one's
     relative: float = 0.85
     #: rank lesions by reliability (proposal x mask quality x text consistency); off: by proposal score alone

@@ -6,6 +6,9 @@ DEFAULT_PHRASE = "lesion"
 #: candidate boxes a proposer returns unless asked otherwise (the ``top_k`` request parameter)
 DEFAULT_TOP_K = 3
 
+#: lesions the pipeline returns at most unless asked otherwise (the ``max_lesions`` request parameter)
+DEFAULT_MAX_LESIONS = 3
+
 #: the name of a lesion's value in every label the app writes (value 1; ``lesion 2``, ... when several are
 #: numbered): MONAI Label's ``labels``, the result's ``label_names``, a DICOM SEG's segment label
 LESION = "lesion"

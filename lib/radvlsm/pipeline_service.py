@@ -6,14 +6,13 @@ from typing import Any
 
 import numpy as np
 
-from radvlsm.aggregation import SelectionConfig
-from radvlsm.defaults import DEFAULT_PHRASE, DEFAULT_TOP_K, lesion_names
+from radvlsm.defaults import DEFAULT_PHRASE, lesion_names
 from radvlsm.errors import InputError
 from radvlsm.geometry import parse_prompts
 from radvlsm.io import Image2D, load_mask
-from radvlsm.params import get_bool, get_int
 from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline
 from radvlsm.service import LabelResult, run_on_input
+from radvlsm.task_specs import RADVLSM
 from radvlsm.volume import Volume, load_label_for, slice_areas
 from radvlsm.volume_pipeline import DIAGNOSIS_MODALITIES, text_on_volume
 from radvlsm.volume_prompts import prompt_slice, requested_range
@@ -23,10 +22,9 @@ CLASSES = ("benign", "malignant")
 
 
 def pipeline_options(request: dict[str, Any], default_text: str) -> PipelineOptions:
-    return PipelineOptions(text=request.get("text", default_text),
-                           top_k=get_int(request, "top_k", DEFAULT_TOP_K, 1, 20),
-                           diagnose=get_bool(request, "diagnose", True),
-                           max_lesions=get_int(request, "max_lesions", SelectionConfig.max_lesions, 1, 20))
+    return PipelineOptions(text=request.get("text", default_text), top_k=RADVLSM.read(request, "top_k"),
+                           diagnose=RADVLSM.read(request, "diagnose"),
+                           max_lesions=RADVLSM.read(request, "max_lesions"))
 
 
 class PipelineService:

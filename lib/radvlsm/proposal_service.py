@@ -7,16 +7,16 @@ from typing import Any
 
 import numpy as np
 
-from radvlsm.defaults import DEFAULT_PHRASE, DEFAULT_TOP_K, LESION
+from radvlsm.defaults import DEFAULT_PHRASE, LESION
 from radvlsm.errors import InputError
 from radvlsm.geometry import box_to_slicer_roi
 from radvlsm.io import Image2D
 from radvlsm.markups import roi_markups
-from radvlsm.params import get_bool, get_int
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.proposals.base import BoxProposer, Proposal
 from radvlsm.proposals.refine import refine_candidates
 from radvlsm.service import LabelResult, load_request_image, run_on_input
+from radvlsm.task_specs import BOX_PROPOSAL
 from radvlsm.text import validate_text
 from radvlsm.volume import Volume
 from radvlsm.volume_tasks import on_slice, required_slice
@@ -54,9 +54,8 @@ class ProposalService:
         merged, best first)."""
         t0 = time.perf_counter()
         text = validate_text(request.get("text", self.default_text))
-        top_k = get_int(request, "top_k", DEFAULT_TOP_K, 1, 20)
-        refine = request.get("refine")
-        refine = None if refine is None else get_bool(request, "refine", True)
+        top_k = BOX_PROPOSAL.read(request, "top_k")
+        refine = None if request.get("refine") is None else BOX_PROPOSAL.read(request, "refine")
         backends = requested_backends(request, self.proposers, self.default_backend)
         image = load_request_image(request) if image is None else image
         enc = self.predictor.encode(image)
@@ -96,7 +95,7 @@ class ProposalService:
     def run_image(self, image: Image2D, request: dict[str, Any]) -> LabelResult:
         image, proposals, result = self.propose(request, image)
         label = None
-        if get_bool(request, "heatmap", False):
+        if BOX_PROPOSAL.read(request, "heatmap"):
             heats = [p.heatmap for p in proposals if p.heatmap is not None]
             if heats:
                 label = np.rint(np.max(heats, axis=0) * 255).astype(np.uint8)

@@ -23,6 +23,7 @@ from radvlsm.io import PIL_SUFFIXES, Image2D, file_suffix, load_image, save_mask
 from radvlsm.params import get_bool, get_choice
 from radvlsm.predictor import Segmentation, SegmentPredictor
 from radvlsm.results import LabelResult  # noqa: F401  (re-exported: the tasks' answer type)
+from radvlsm.task_specs import SAM
 from radvlsm.volume import VOLUMES, Volume
 from radvlsm.volume_prompts import requested_slice
 from radvlsm.volume_tasks import sam_on_volume
@@ -154,7 +155,7 @@ class SamService:
         check_2d_slice(request)
         seg, multilabel = self.segment(image, request)
         result = self.result_json(image, seg, multilabel, t_load, t0)
-        if get_bool(request, "propagate", False):  # Slicer sends the task's config, 2D image or not
+        if SAM.read(request, "propagate"):  # Slicer sends the task's config, 2D image or not
             result["notes"] = ["propagate: the image has a single slice; nothing to propagate"]
         return LabelResult(seg.label_map(multilabel), image, result)
 
@@ -163,10 +164,10 @@ class SamService:
         prompts = parse_prompts(request, image.shape)
         if prompts.empty:
             raise InputError("boxes", "no prompt: give boxes [[x0,y0,x1,y1]], a Slicer roi, or foreground points")
-        multilabel = get_bool(request, "multilabel", False)
+        multilabel = SAM.read(request, "multilabel")
         # Several outputs help an ambiguous single click; boxes are what LiteMedSAM was trained on (one output).
         single_click = len(prompts.boxes) == 0 and len(prompts.points) == 1
-        multimask = get_bool(request, "multimask", single_click)
+        multimask = SAM.read(request, "multimask", single_click)
         return self.predictor.segment(image, prompts, multimask=multimask), multilabel
 
     def result_json(self, image: Image2D, seg: Segmentation, multilabel: bool, t_load: float, t0: float

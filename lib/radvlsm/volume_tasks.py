@@ -17,10 +17,10 @@ import numpy as np
 from radvlsm.errors import InputError
 from radvlsm.geometry import mask_to_box
 from radvlsm.io import Image2D
-from radvlsm.params import get_bool
 from radvlsm.predictor import Segmentation, SegmentPredictor
 from radvlsm.propagation import PropagationConfig, propagate
 from radvlsm.results import LabelResult
+from radvlsm.task_specs import SAM
 from radvlsm.volume import Volume, slice_areas
 from radvlsm.volume_prompts import prompt_slice, requested_range, slice_disagrees_with_roi, slice_request
 
@@ -108,7 +108,7 @@ def sam_on_volume(service: PromptedTask, volume: Volume, request: dict[str, Any]
     """``sam`` on slice k; with ``propagate`` each lesion is carried through ``slices`` (default: all)."""
     t0 = time.perf_counter() - t_load / 1e3
     k = required_slice(request, volume, "sam")
-    do_propagate = get_bool(request, "propagate", False)
+    do_propagate = SAM.read(request, "propagate")
     first, last = requested_range(request, volume.n_slices)
     if do_propagate and not first <= k <= last:
         raise InputError("slice", f"slice {k} lies outside slices [{first}, {last}]")

@@ -7,16 +7,9 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from lib.infers.base import ServiceInfer
 from radvlsm.defaults import LABELS
 from radvlsm.proposal_service import ProposalService
-
-DESCRIPTION = (
-    "Text-guided lesion box proposals. params: text (default in config), top_k, backend "
-    "(qformer_lite | template | blip2, or several), heatmap=true to get the relevance map as the label, "
-    "refine=true to snap boxes to the lesion with one decoder pass (off by default). "
-    "Boxes are [x0,y0,x1,y1] in pixel columns/rows; roi gives the Slicer order."
-)
+from radvlsm.task_specs import BOX_PROPOSAL
 
 
 def box_proposal_infer(service: ProposalService) -> ServiceInfer:
-    return ServiceInfer(service, InferType.DETECTION, dict(LABELS), DESCRIPTION,
-                        {"text": service.default_text, "top_k": 3, "backend": service.default_backend,
-                         "heatmap": False})
+    return ServiceInfer(service, InferType.DETECTION, dict(LABELS), BOX_PROPOSAL.summary,
+                        BOX_PROPOSAL.config(text=service.default_text, backend=service.default_backend))
