@@ -102,6 +102,54 @@ class SegmentationResult:
 
 
 @dataclass
+class PromptedLesion:
+    """One lesion of the ``sam`` task: what its prompt box (and clicks) decoded to."""
+
+    label: int
+    area_px: int
+    predicted_iou: float
+    clicks: int
+    box: Any  # the prompt box [x0, y0, x1, y1] as decoded, None for clicks alone
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"label": self.label, "area_px": self.area_px, "predicted_iou": self.predicted_iou,
+                               "clicks": self.clicks}
+        if self.box is not None:
+            out["box"] = [round(v, 2) for v in self.box]
+            out["roi"] = [round(v, 2) for v in box_to_slicer_roi(self.box)]
+        return out
+
+
+@dataclass
+class SamResult:
+    """What the ``sam`` task reports for one 2D image (a volume's slice adds its keys to the JSON)."""
+
+    lesions: list[PromptedLesion]
+    multilabel: bool
+    cache_hit: bool
+    latencies_ms: dict[str, float]
+    backbone: str
+    runtime: str
+    model_version: str
+    image_shape: list[int]
+
+    @classmethod
+    def from_segmentation(cls, seg: Any, multilabel: bool, predictor: Any, image_shape: tuple[int, ...],
+                          latencies_ms: dict[str, float]) -> SamResult:
+        """From a :class:`radvlsm.predictor.Segmentation`: lesion *i* is labelled *i* + 1 with ``multilabel``."""
+        lesions = [PromptedLesion(i + 1 if multilabel else 1, int(lesion.mask.sum()), round(lesion.score, 4),
+                                  lesion.n_points, lesion.box)
+                   for i, lesion in enumerate(seg.lesions)]
+        return cls(lesions, multilabel, seg.cache_hit, latencies_ms, predictor.backbone.name, seg.runtime,
+                   predictor.backbone.version, list(image_shape))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lesions": [lesion.to_json() for lesion in self.lesions], "multilabel": self.multilabel,
+                "cache_hit": self.cache_hit, "latencies_ms": self.latencies_ms, "backbone": self.backbone,
+                "runtime": self.runtime, "model_version": self.model_version, "image_shape": self.image_shape}
+
+
+@dataclass
 class LabelResult:
     """A request-level task's answer: the label array, the loaded image (for its geometry) and the result JSON."""
 

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from radvlsm.errors import InputError
-from radvlsm.geometry import box_to_slicer_roi, parse_prompts
+from radvlsm.geometry import parse_prompts
 from radvlsm.io import PIL_SUFFIXES, Image2D, file_suffix, load_image, save_mask
 from radvlsm.params import get_bool, get_choice
 from radvlsm.predictor import Segmentation, SegmentPredictor
-from radvlsm.results import LabelResult  # noqa: F401  (re-exported: the tasks' answer type)
+from radvlsm.results import LabelResult, SamResult  # noqa: F401  (LabelResult re-exported: the tasks' answer type)
 from radvlsm.task_specs import SAM
 from radvlsm.volume import VOLUMES, Volume
 from radvlsm.volume_prompts import requested_slice
@@ -172,23 +172,6 @@ class SamService:
 
     def result_json(self, image: Image2D, seg: Segmentation, multilabel: bool, t_load: float, t0: float
                     ) -> dict[str, Any]:
-        lesions = []
-        for i, lesion in enumerate(seg.lesions):
-            entry = {"label": i + 1 if multilabel else 1, "area_px": int(lesion.mask.sum()),
-                     "predicted_iou": round(lesion.score, 4), "clicks": lesion.n_points}
-            if lesion.box is not None:
-                entry["box"] = [round(v, 2) for v in lesion.box]
-                entry["roi"] = [round(v, 2) for v in box_to_slicer_roi(lesion.box)]
-            lesions.append(entry)
         timings = {"load": round(t_load, 1), **{k: round(v, 1) for k, v in seg.timings_ms.items()}}
         timings["total"] = round((time.perf_counter() - t0) * 1e3, 1)
-        return {
-            "lesions": lesions,
-            "multilabel": multilabel,
-            "cache_hit": seg.cache_hit,
-            "latencies_ms": timings,
-            "backbone": self.predictor.backbone.name,
-            "runtime": seg.runtime,
-            "model_version": self.predictor.backbone.version,
-            "image_shape": list(image.shape),
-        }
+        return SamResult.from_segmentation(seg, multilabel, self.predictor, image.shape, timings).to_json()
