@@ -25,10 +25,10 @@ only evidence of what its lesions and its lesion-free images look like, and ther
 * **Phrases.** The labels teach the app's phrase (``lesion``) and the site's own (``phrases``, e.g. "breast
   lesion"). Every other phrase of :func:`~radvlsm.proposals.phrases.anchor_vocabulary` is an **anchor**: on the
   site's lesion images its image-text match is distilled from the served model, on its lesion-free images it is
-  a mismatch (``anchor_weight``). Trained on one
-  phrase without anchors, the Q-Former lost some of its text conditioning: "colon polyp" found a lesion on a
-  share of BUS-UCLM's breast scans afterwards, and "breast lesion" fell below the mismatch floor under which it
-  borrows presence from "lesion" (the benchmark reports both).
+  a mismatch (``anchor_weight``). Trained on one phrase without anchors, the Q-Former lost some of its text
+  conditioning: "colon polyp" came to match breast lesions (``tests/test_training_proposer.py``). The anchors do not
+  keep an organ phrase's presence at a site (BUS-UCLM, ``benchmarks/bench_site_adaptation.py``: "breast lesion"
+  answered "no lesion" more often after the anchored fine-tune); a site names its phrases to have them learned.
 
 The published model is trained on all labelled images. Validation runs the inference code itself
 (:meth:`QFormerLiteProposer.with_model`), and a published version is served live by every proposer that follows
