@@ -23,6 +23,7 @@ from radvlsm.training.proposer import (
     box_target,
     fine_tune_proposer,
     heat_target,
+    outcome,
     top1_iou,
 )
 from radvlsm.training.store import ProposerStore
@@ -164,6 +165,36 @@ def test_lesion_free_labels_teach_presence_and_publish_the_threshold(tmp_path, p
     store.publish_state({f"qformer.{k}": v for k, v in proposer.model.state_dict().items()},
                         {"proposer_base": proposer.base_id}, {})
     assert served.version == "v0002" and served.threshold == proposer.threshold
+
+
+def test_a_site_threshold_alone_is_published_when_the_fine_tune_does_no_better(tmp_path, predictor, items, proposer):
+    """A served threshold set at other sites refuses this site's lesions: the served weights with the threshold
+    calibrated out of fold on the site's labels find them again and pass the gate; a fine-tune that moved nothing
+    (lr 1e-9) scores the same, and the tie goes to the candidate without new weights."""
+    from radvlsm.proposals.qformer_lite import Calibration
+
+    top = max(outcome(proposer, it, "lesion").match for it in items)
+    strict = proposer.with_model(proposer.model, Calibration((top + 1) / 2, proposer.heat_threshold))
+    assert all(top1_iou(strict, it, "lesion") == 0.0 for it in items)  # every lesion a "no lesion" answer
+    store = ProposerStore(tmp_path / "qformer_lite")
+    run = fine_tune_proposer(strict, items, store, ProposerConfig(epochs=1, lr=1e-9, scope="heads"))
+    assert run.published and run.candidate == "recalibrated" and run.version == "v0001", run
+    rec = run.recalibration
+    assert rec["gate"]["passed"] and rec["gate"]["before"] == 0.0 and rec["gate"]["after"] > 0.5, rec
+    # (the shipped proposer's in-domain matches are within 1e-6 of 1: thresholds compared to that precision)
+    assert MIN_THRESHOLD <= run.match_threshold < top and run.match_threshold == pytest.approx(rec["match_threshold"])
+    assert run.losses == [] and run.iou_after > run.iou_before == 0.0
+    state = store.load("v0001")["state"]
+    old = proposer.model.state_dict()
+    assert all(torch.equal(state[f"qformer.{k}"], v) for k, v in old.items())  # the served weights, unchanged
+    assert float(state["calibration.match_threshold"]) == pytest.approx(run.match_threshold)
+    served = build_proposer("qformer_lite", predictor=predictor, store=store)
+    assert served.version == "v0001" and served.threshold == pytest.approx(run.match_threshold)
+    assert sum(top1_iou(served, it, "lesion") > 0.5 for it in items) >= 3  # 95 % of 4, less float32 rounding
+
+    off = fine_tune_proposer(strict, items, ProposerStore(tmp_path / "off"),
+                             ProposerConfig(epochs=1, lr=1e-9, scope="heads", recalibrate=False))
+    assert off.candidate == "fine_tuned" and off.recalibration == {}, off  # the fine-tune, at its own threshold
 
 
 def test_fine_tune_of_another_base_checkpoint_is_not_served(tmp_path, predictor, proposer):

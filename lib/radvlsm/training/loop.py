@@ -66,6 +66,8 @@ class TrainConfig:
     proposer_phrases: list[str] = field(default_factory=list)
     #: every other phrase keeps the served proposer's image-text match (radvlsm.training.proposer; 0: off)
     proposer_anchor_weight: float = ProposerConfig.anchor_weight
+    #: also offer the gate the served proposer with the site's presence threshold alone (no new weights)
+    proposer_recalibrate: bool = ProposerConfig.recalibrate
     #: the proposer and the decoder are published when their paired gain is above -tolerance with this confidence
     gate_confidence: float = ProposerConfig.confidence
     #: the decoder's gate (radvlsm.training.decoder_gate): ``auto`` (cross-validated while the held-back split
@@ -122,7 +124,7 @@ class TrainConfig:
         return ProposerConfig(epochs=self.proposer_epochs, lr=self.proposer_lr, scope=self.proposer_scope,
                               folds=max(self.proposer_folds, 2), confidence=self.gate_confidence,
                               tolerance=self.tolerance, seed=self.seed, phrases=tuple(self.proposer_phrases),
-                              anchor_weight=self.proposer_anchor_weight)
+                              anchor_weight=self.proposer_anchor_weight, recalibrate=self.proposer_recalibrate)
 
 
 @dataclass

@@ -15,13 +15,20 @@ only evidence of what its lesions and its lesion-free images look like, and ther
   when nothing is proposed. It publishes only if the mean gain is above zero with ``confidence`` (a paired
   bootstrap, :mod:`radvlsm.training.gate`). Lesion-free images are reported (share refused, before and after),
   not gated on.
-* The presence threshold is **sensitivity first**: the highest threshold at which the out-of-fold match still
-  finds ``recall`` (95 %) of the labelled lesion images, never below the checkpoint's mismatch floor and never
-  above the served threshold. Measured at BUS-UCLM (``benchmarks/bench_site_adaptation.py``): the match head,
-  even trained on the site's lesion-free images, tells its lesion images from its normal ones poorly, and
-  choosing the threshold for lesion-free images as well turned a third of the lesions into "no lesion" answers;
-  a clinician dismisses a false candidate in a glance, a missed lesion is the failure that matters. It is
-  published with the weights (:class:`~radvlsm.proposals.qformer_lite.Calibration`).
+* The presence threshold is **sensitivity first**: the highest threshold at which the out-of-fold match still finds
+  ``recall`` (95 %) of the labelled lesion images, never below the checkpoint's mismatch floor and never above the
+  served threshold. In the gate each fold is scored at the threshold calibrated on the other folds, so no threshold is
+  chosen on the images it is scored on. Measured at BUS-UCLM (``benchmarks/bench_site_adaptation.py``): the match
+  head, even trained on the site's lesion-free images, tells its lesion images from its normal ones poorly, and
+  choosing the threshold for lesion-free images as well turned a third of the lesions into "no lesion" answers; a
+  clinician dismisses a false candidate in a glance, a missed lesion is the failure that matters. It is published with
+  the weights (:class:`~radvlsm.proposals.qformer_lite.Calibration`).
+* **Two candidates, one gate.** Besides the fine-tuned weights, the served weights with the site's presence
+  threshold alone (``recalibrate``: no training, the threshold of each fold chosen on the other folds) are scored
+  the same way, out of fold. Why: at BUS-UCLM the fine-tuned weights did not beat the served ones with confidence
+  before 50 corrections, while a quarter to two fifths of the site's lesions were "no lesion" answers of a
+  threshold calibrated at other sites. Of the candidates that pass the gate, the one with the larger mean gain is
+  published (``candidate`` in the run's JSON; on a tie the recalibrated one: it costs no training).
 * **Phrases.** The labels teach the app's phrase (``lesion``) and the site's own (``phrases``, e.g. "breast
   lesion"). Every other phrase of :func:`~radvlsm.proposals.phrases.anchor_vocabulary` is an **anchor**: on the
   site's lesion images its image-text match is distilled from the served model, on its lesion-free images it is
@@ -54,7 +61,7 @@ from radvlsm.proposals.phrases import anchor_vocabulary
 from radvlsm.proposals.qformer_model import QFormerLite, losses
 from radvlsm.text import TextEncoder, pad_batch, validate_text
 from radvlsm.training.data import Item
-from radvlsm.training.gate import item_folds, paired_bootstrap
+from radvlsm.training.gate import GateResult, item_folds, paired_bootstrap
 from radvlsm.versions import ProposerStore
 
 logger = logging.getLogger(__name__)
@@ -87,6 +94,8 @@ class ProposerConfig:
     #: weight of the anchor term: every other phrase of :func:`anchor_vocabulary` keeps the served model's
     #: image-text match on the site's images (0: off, the phrase-blind fine-tune measured before)
     anchor_weight: float = 1.0
+    #: also offer the served weights with the site's presence threshold (out of fold) to the gate
+    recalibrate: bool = True
 
     def __post_init__(self) -> None:
         self.phrases = tuple(validate_text(p, "proposer_phrases") for p in self.phrases)
@@ -116,10 +125,14 @@ class ProposerRun:
     pseudo_labels: int = 0  # extra lesion images that only trained (never scored)
     lesion_free_refused_before: float | None = None  # share of lesion-free images given no lesion (served)
     lesion_free_refused_after: float | None = None  # the same, out of fold, at the calibrated threshold
-    gate: dict[str, Any] = field(default_factory=dict)  # GateResult of the per-image score
+    gate: dict[str, Any] = field(default_factory=dict)  # the fine-tuned candidate's GateResult
     match_threshold: float | None = None  # the calibrated presence threshold (published with the version)
     phrases: list[str] = field(default_factory=list)  # trained on the labels (the app's phrase first)
     anchors: int = 0  # phrases whose served match was kept
+    #: what was published: ``fine_tuned`` (new weights and threshold) or ``recalibrated`` (the served weights with
+    #: the site's presence threshold); empty when nothing was
+    candidate: str = ""
+    recalibration: dict[str, Any] = field(default_factory=dict)  # the recalibrated candidate (:class:`Candidate`)
     losses: list[float] = field(default_factory=list)  # per epoch, of the model trained on all images
     seconds: float = 0.0
     reason: str = ""
@@ -387,51 +400,102 @@ def fine_tune_proposer(proposer, items: list[Item], store: ProposerStore, cfg: P
     learn_match = n_neg >= MIN_NEGATIVES
     phrases = Phrases(proposer.text_encoder, [text, *cfg.phrases], anchor_vocabulary() if cfg.anchor_weight else [])
     run.phrases, run.anchors = phrases.positives, len(phrases.anchors)
+    held_out = item_folds(items, cfg.folds)
+    # only ever lowered: a few near-certain in-domain matches would otherwise push it up to ~1
+    bound = min(max(MIN_THRESHOLD, float(getattr(proposer, "mismatch_floor", None) or 0.0)), served_thr)
+    served_scores = np.array([before[i].score(served_thr) for i in range(len(items)) if items[i].lesions])
+
+    def candidate(outcomes: list[Outcome]) -> Candidate:
+        return _candidate(outcomes, held_out, served_thr, bound, cfg, served_scores)
+
+    recal = candidate(before) if cfg.recalibrate else None
+    if recal is not None:
+        run.recalibration = recal.to_json()
     data = SiteData(proposer.model, items + extra, phrases, proposer.predictor.backbone.img_size, cfg.scope)
     always = list(range(len(items), len(items) + len(extra)))  # the extra items train in every fold
-    oof: list[Outcome | None] = [None] * len(items)
-    held_out = item_folds(items, cfg.folds)
+    oof: list[Outcome] = list(before)
     for held in held_out:
         rest = [i for i in range(len(items)) if i not in held] + always
         if not any(data.match[i] for i in rest):  # nothing to learn where the lesion is: keep the served answer
-            for i in held:
-                oof[i] = before[i]
             continue
         model, _ = train_copy(proposer.model, data, rest, cfg, learn_match)
         clone = proposer.with_model(model)
         for i in held:
             oof[i] = outcome(clone, items[i], text)
-    floor = max(MIN_THRESHOLD, float(getattr(proposer, "mismatch_floor", None) or 0.0))
-    # only ever lowered: a few near-certain in-domain matches would otherwise push it up to ~1
-    threshold = min(served_thr, calibrate(oof, min(floor, served_thr), cfg.recall))
-    run.match_threshold = float(threshold)
-    run.iou_after, run.hit_after = _iou_stats(oof, threshold)
-    run.lesion_free_refused_before, run.lesion_free_refused_after = refused(before, served_thr), refused(oof, threshold)
-    lesion = [i for i, it in enumerate(items) if it.lesions]
-    gate = paired_bootstrap(np.array([before[i].score(served_thr) for i in lesion]),
-                            np.array([oof[i].score(threshold) for i in lesion]), cfg.confidence, seed=cfg.seed,
-                            tolerance=cfg.tolerance)
-    passed = gate.passed
-    run.gate = {**gate.to_json(), "tolerance": cfg.tolerance, "folds": len(held_out),
-                "metric": "per lesion image: top-1 box IoU with the nearest lesion, 0 when nothing is proposed"}
-    if not passed:
-        run.reason = f"proposer not published: out-of-fold top-1 IoU {gate.describe()}, not better with confidence"
+    tuned = candidate(oof)
+    run.gate = {**tuned.gate.to_json(), "tolerance": cfg.tolerance, "folds": len(held_out),
+                "metric": "per lesion image: top-1 box IoU with the nearest lesion, 0 when nothing is proposed; "
+                          "each fold at the presence threshold calibrated on the other folds"}
+    # the recalibrated candidate only if it lowers the threshold (else it is the served proposer again); on a tie
+    # it wins: no new weights
+    use_recal = recal is not None and recal.gate.passed and recal.threshold < served_thr and (
+        not tuned.gate.passed or recal.gate.gain >= tuned.gate.gain)
+    chosen = recal if use_recal else tuned
+    run.match_threshold = chosen.threshold
+    run.iou_after, run.hit_after = float(chosen.scores.mean()), float((chosen.scores >= 0.5).mean())
+    run.lesion_free_refused_before = refused(before, served_thr)
+    run.lesion_free_refused_after = chosen.lesion_free_refused
+    if not chosen.gate.passed:
+        run.reason = (f"proposer not published: out-of-fold top-1 IoU {tuned.gate.describe()}, not better with "
+                      f"confidence" + (f"; the served weights recalibrated: {recal.gate.describe()}" if recal else ""))
         return _done(run, started)
-    model, run.losses = train_copy(proposer.model, data, list(range(len(items))) + always, cfg, learn_match)
-    calibration = {"calibration.match_threshold": torch.tensor(float(threshold)),
+    if use_recal:
+        model, run.losses, run.candidate = proposer.model, [], "recalibrated"
+    else:
+        model, run.losses = train_copy(proposer.model, data, list(range(len(items))) + always, cfg, learn_match)
+        run.candidate = "fine_tuned"
+    calibration = {"calibration.match_threshold": torch.tensor(chosen.threshold),
                    "calibration.heat_threshold": torch.tensor(float(proposer.heat_threshold))}
     state = {**{f"qformer.{k}": v for k, v in model.state_dict().items()}, **calibration}
-    meta = {"base_version": base_version, "text": text, "phrases": phrases.positives,
+    meta = {"base_version": base_version, "text": text, "phrases": phrases.positives, "candidate": run.candidate,
             "anchors": phrases.anchors, "config": asdict(cfg), "images": len(items),
-            "lesion_free": n_neg, "pseudo_labels": [it.image_id for it in extra], "match_threshold": threshold,
+            "lesion_free": n_neg, "pseudo_labels": [it.image_id for it in extra], "match_threshold": chosen.threshold,
             "lesion_free_refused": [run.lesion_free_refused_before, run.lesion_free_refused_after],
-            "gate": run.gate, "iou_before": iou_b,
+            "gate": run.gate, "recalibration": run.recalibration, "iou_before": iou_b,
             "iou_after": run.iou_after, "hit_before": hit_b, "hit_after": run.hit_after, "losses": run.losses}
     run.version = store.publish_state(state, {"proposer_base": proposer.base_id}, meta)
     run.published = True
-    run.reason = (f"published proposer {run.version}: out-of-fold top-1 IoU {gate.describe()}; presence threshold "
-                  f"{served_thr:.3f} -> {threshold:.3f}")
+    what = "the served weights with the site's presence threshold" if use_recal else "fine-tuned weights"
+    run.reason = (f"published proposer {run.version} ({what}): out-of-fold top-1 IoU {chosen.gate.describe()}; "
+                  f"presence threshold {served_thr:.3f} -> {chosen.threshold:.3f}")
     return _done(run, started)
+
+
+@dataclass
+class Candidate:
+    """Weights (the served ones, or a fine-tune's) at the site's presence threshold, as the gate sees them."""
+
+    gate: GateResult
+    threshold: float  # calibrated on every labelled image: what would be published
+    fold_threshold: float  # mean of the thresholds the folds were scored at
+    lesion_free_refused: float | None  # share of the lesion-free labels refused, out of fold
+    scores: np.ndarray  # per labelled lesion image, out of fold
+
+    def to_json(self) -> dict[str, Any]:
+        return {"gate": self.gate.to_json(), "match_threshold": self.threshold, "fold_threshold": self.fold_threshold,
+                "lesion_free_refused_after": self.lesion_free_refused}
+
+
+def _candidate(outcomes: list[Outcome], held_out: list[set[int]], served_thr: float, bound: float,
+               cfg: ProposerConfig, served_scores: np.ndarray) -> Candidate:
+    """Score ``outcomes`` (out of fold, or the served model's) with each fold's images at the threshold
+    :func:`calibrate` chooses on the other folds (never above the served one), so the threshold is not chosen on
+    the images it is scored on; pair them with ``served_scores`` (the lesion images, in order) in the gate."""
+    scores: dict[int, float] = {}
+    refusals: list[bool] = []
+    fold_thr = []
+    for held in held_out:
+        thr = min(served_thr, calibrate([outcomes[i] for i in range(len(outcomes)) if i not in held], bound,
+                                        cfg.recall))
+        fold_thr.append(thr)
+        for i in held:
+            scores[i] = outcomes[i].score(thr)
+            if outcomes[i].iou is None:
+                refusals.append(outcomes[i].match < thr)
+    after = np.array([scores[i] for i in range(len(outcomes)) if outcomes[i].iou is not None])
+    gate = paired_bootstrap(served_scores, after, cfg.confidence, seed=cfg.seed, tolerance=cfg.tolerance)
+    return Candidate(gate, float(min(served_thr, calibrate(outcomes, bound, cfg.recall))), float(np.mean(fold_thr)),
+                     float(np.mean(refusals)) if refusals else None, after)
 
 
 def _done(run: ProposerRun, started: float) -> ProposerRun:
