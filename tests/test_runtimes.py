@@ -26,7 +26,7 @@ CASES = ["bus_0075-r", "bus_1033-r"]
 NO_POINTS = (np.zeros((0, 2), np.float32), np.zeros(0, int))
 # Stated tolerances against eager on the two samples (embedding max abs difference scaled by its magnitude,
 # and Dice between the runtime's mask and eager's mask for the same tight box).
-TOLERANCE = {"onnx": (1e-4, 0.999), "onnx_int8": (0.5, 0.95)}
+TOLERANCE = {"onnx": (1e-4, 0.999), "onnx_int8": (0.5, 0.95), "openvino": (1e-4, 0.999)}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def lite():
 
 def test_registry_names_runtimes_and_refuses_unknown_or_unsupported():
     tiny = build_backbone("sam_vit_tiny")
-    assert {"eager", "onnx", "onnx_int8", "bf16", "fp16"} <= set(available_runtimes())
+    assert {"eager", "onnx", "onnx_int8", "openvino", "bf16", "fp16"} <= set(available_runtimes())
     with pytest.raises(ValueError, match="unknown runtime 'nope'"):
         build_runtime("nope", tiny)
     with pytest.raises(ValueError, match="fp16 autocast is for CUDA"):
@@ -120,10 +120,10 @@ def eager(lite):
     return SegmentPredictor(lite)
 
 
-@pytest.mark.parametrize("name", ["onnx", "onnx_int8"])
+@pytest.mark.parametrize("name", ["onnx", "onnx_int8", "openvino"])
 def test_runtime_matches_eager_on_two_samples(lite, eager, name):
     other = SegmentPredictor(lite, runtime=name)  # default cache dir: exported once per machine
-    assert other.runtime.decoder is not None  # the per-prompt path runs on ONNX Runtime too
+    assert other.runtime.decoder is not None  # the per-prompt path runs on that runtime too
     emb_tol, dice_tol = TOLERANCE[name]
     for case in CASES:
         img = load_image(SAMPLES / "images" / f"{case}.png")
@@ -132,7 +132,7 @@ def test_runtime_matches_eager_on_two_samples(lite, eager, name):
         prompts = Prompts(np.array([tight_box(case)], np.float32), *NO_POINTS)
         a, b = eager.segment(img, prompts), other.segment(img, prompts)
         assert b.runtime == name and b.cache_hit and dice(a.lesions[0].mask, b.lesions[0].mask) >= dice_tol
-        assert abs(a.lesions[0].score - b.lesions[0].score) <= (1e-3 if name == "onnx" else 0.05)
+        assert abs(a.lesions[0].score - b.lesions[0].score) <= (0.05 if name == "onnx_int8" else 1e-3)
 
 
 @pytest.mark.e2e
@@ -171,3 +171,26 @@ def test_onnxruntime_and_dicom_seg_share_one_numpy():
     import pydicom_seg
 
     assert int(numpy.__version__.split(".")[0]) < 2 and onnxruntime.__version__ and pydicom_seg.__version__
+
+
+def test_openvino_runtime_serves_threads_at_once_and_says_what_it_is(tmp_path):
+    """One compiled model, an infer request per call: concurrent encodes and decodes (the server's worker pool)
+    give what one call at a time gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bb = build_backbone("sam_vit_tiny")
+    ov = SegmentPredictor(bb, runtime="openvino", runtime_dir=str(tmp_path))
+    info = ov.runtime.describe()
+    assert info["runtime"] == "openvino" and info["decoder"] == "openvino" and info["precision"] == "f32"
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.rand(1, 3, bb.img_size, bb.img_size, generator=g) for _ in range(4)]
+    alone = [ov.runtime.encode(x) for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(ov.runtime.encode, xs))
+    assert all(torch.equal(a, b) for a, b in zip(alone, together, strict=True))
+    emb, sparse = alone[0], torch.randn(3, 2, bb.prompt_encoder.embed_dim, generator=g)
+    masks, iou = ov.runtime.decoder.run(emb, sparse)
+    assert masks.shape[:2] == (3, 4) and iou.shape == (3, 4)
+    with ThreadPoolExecutor(3) as pool:
+        runs = list(pool.map(lambda _: ov.runtime.decoder.run(emb, sparse), range(3)))
+    assert all(torch.equal(m, masks) and torch.equal(i, iou) for m, i in runs)

@@ -39,6 +39,7 @@ DESCRIPTION = ("Teach the app the site from its final (corrected) labels, lesion
                "batch_size, box_jitter, clicks, train_decoder, train_prompt_encoder, train_proposer, proposer_epochs, "
                "proposer_lr, proposer_scope, proposer_folds, proposer_phrases (the site's own phrases, default "
                "--conf site_phrases), proposer_anchor_weight (every other phrase keeps the served match), "
+               "proposer_recalibrate (also offer the served weights at the site's presence threshold), "
                "gate_confidence, decoder_gate, decoder_folds, "
                "encoder_lora_rank, encoder_lora_lr, "
                "tolerance, seed, max_images, multi_gpu, pseudo_labels (VESSA stage 2: confident answers on unlabelled "

@@ -1,0 +1,86 @@
+"""OpenVINO CPU runtime (``openvino``): the encoder and the mask decoder compiled by OpenVINO from the same fp32
+ONNX exports the ``onnx`` runtime makes (:mod:`radvlsm.runtimes.onnx`, :mod:`radvlsm.runtimes.onnx_decoder`).
+
+Why: on a CPU the embedding is the cost of a new image and the decoder the cost of every prompt; OpenVINO fuses
+and schedules both graphs for the CPU it finds, and it is a PyPI wheel, so a hospital workstation without a GPU
+can use it. Precision is pinned to f32 (on CPUs with bf16 units OpenVINO would otherwise pick bf16 itself): the
+runtime must pass the same Dice gate as ``onnx`` (``benchmarks/bench_speed.py --dice``) before ``auto`` may pick it.
+Compiled blobs are cached beside the exports (``ov_cache/``), so a restart does not recompile.
+
+One compiled model is shared by every thread; each call makes its own infer request (OpenVINO's requests are not
+thread-safe, compiled models are), so the server's worker pool can encode and decode concurrently.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from radvlsm.models.registry import Backbone
+from radvlsm.runtimes.onnx import export_fp32
+from radvlsm.runtimes.onnx_decoder import export_decoder
+from radvlsm.runtimes.registry import register_runtime
+
+logger = logging.getLogger(__name__)
+
+
+def _compile(path: Path, threads: int | None):
+    import openvino as ov
+
+    core = ov.Core()
+    core.set_property({"CACHE_DIR": str(path.parent / "ov_cache")})
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
+    return core.compile_model(str(path), "CPU", config)
+
+
+class OpenVinoDecoder:
+    """``run(embedding (1,C,h,w), sparse (N,T,C))`` -> the four low-res masks ``(N,4,g,g)`` and IoUs ``(N,4)``, as
+    :class:`~radvlsm.runtimes.onnx_decoder.OnnxDecoder` (same exported graph, dynamic prompt count)."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        self.path = path
+        self.compiled = _compile(path, threads)
+
+    def run(self, embedding: torch.Tensor, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        request = self.compiled.create_infer_request()
+        out = request.infer({"embedding": np.ascontiguousarray(embedding.detach().cpu().float().numpy()),
+                             "sparse": np.ascontiguousarray(sparse.detach().cpu().float().numpy())})
+        masks, iou = (out[self.compiled.output(name)] for name in ("masks", "iou"))
+        return torch.from_numpy(np.array(masks)), torch.from_numpy(np.array(iou))
+
+
+class OpenVinoRuntime:
+    """The image encoder compiled by OpenVINO for this CPU, with the OpenVINO mask decoder for the per-prompt path."""
+
+    def __init__(self, name: str, path: Path, decoder: OpenVinoDecoder | None = None, threads: int | None = None):
+        self.name, self.path, self.decoder = name, path, decoder
+        self.threads = int(threads or torch.get_num_threads())
+        self.compiled = _compile(path, self.threads)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        request = self.compiled.create_infer_request()
+        out = request.infer({"image": np.ascontiguousarray(x.detach().cpu().float().numpy())})
+        return torch.from_numpy(np.array(out[self.compiled.output(0)]))
+
+    def describe(self) -> dict:
+        import openvino as ov
+
+        return {"runtime": self.name, "file": str(self.path), "decoder": "openvino" if self.decoder else "torch",
+                "threads": self.threads, "precision": "f32", "openvino": ov.get_version()}
+
+
+def _openvino_cpu(backbone: Backbone) -> str | None:
+    if importlib.util.find_spec("openvino") is None:
+        return "the openvino package is not installed (pip install openvino)"
+    return None if backbone.device.type == "cpu" else "the OpenVINO runtime here runs on CPU (use bf16/fp16 on GPU)"
+
+
+@register_runtime("openvino", _openvino_cpu, "OpenVINO CPU, f32, compiled from the ONNX exports (encoder and decoder)")
+def build_openvino(backbone: Backbone, cache_dir: str | Path | None = None) -> OpenVinoRuntime:
+    return OpenVinoRuntime("openvino", export_fp32(backbone, cache_dir),
+                           decoder=OpenVinoDecoder(export_decoder(backbone, cache_dir)))
