@@ -200,8 +200,8 @@ class Curve:
                                     "reliability": rel.to_json() if rel else None}
             if res.proposer is not None:
                 p = res.proposer
-                row["proposer"] = {k: p[k] for k in ("published", "version", "match_threshold", "gate", "seconds",
-                                                      "pseudo_labels")}
+                row["proposer"] = {k: p[k] for k in ("published", "version", "candidate", "match_threshold", "gate",
+                                                      "recalibration", "seconds", "pseudo_labels")}
                 if cfg.pseudo_labels:
                     truth = {c: load_mask(self.pool[c][1]) > 0 for c in (s.image_id for s in pseudo)}
                     row["pseudo"] = {"kept": len(pseudo), "on_lesion_images": int(sum(m.any() for m in truth.values())),
@@ -232,8 +232,9 @@ def report(work: Path) -> None:
             dec = r.get("decoder", {})
             dec_s = "-" if not dec else (dec["version"] if dec["published"] else "kept")
             prop = r.get("proposer")
-            prop_s = "-" if not prop else (f"{prop['version']} (thr {prop['match_threshold']:.3f})" if prop["published"]
-                                           else "kept")
+            how = {"recalibrated": "threshold only, "}.get(prop.get("candidate", "") if prop else "", "")
+            prop_s = "-" if not prop else (f"{prop['version']} ({how}thr {prop['match_threshold']:.3f})"
+                                           if prop["published"] else "kept")
             print(f"| {name} | {r['labels']} ({r.get('lesion_free_labels', 0)}) | {a['dice']:.4f} | {b['dice']:.4f} | "
                   f"{a['no_lesion']:.1%} / {b['no_lesion']:.1%} | {nf} | {wp} | {r['train_s']:.0f} | {dec_s} | "
                   f"{prop_s} |")
