@@ -2,7 +2,7 @@
 
     python benchmarks/bench_site_adaptation.py [--site uclm|ddti] [--steps 5 10 25 50]
         [--strategies random uncertainty] [--variant default] [--options '{"proposer_scope": "heads"}']
-        [--pool 150] [--eval 0] [--exemplars] [--work DIR] [--report]
+        [--pool 150] [--eval 0] [--exemplars] [--site-phrase] [--work DIR] [--report]
 
 A site's images are split by patient (``sha1(patient) mod 5 == 0`` held back, as ``benchmarks/datasets.py``).
 The start is a proposer that never saw the site: for ``uclm`` (BUS-UCLM, breast, Spain) the cross-site
@@ -21,7 +21,10 @@ default) the round first pseudo-labels the rest of the pool as the server's trai
 (the server's ``--conf site_exemplars true``; off by default there and here), each label joins the site's
 exemplars when it is saved, before the round's training (VESSA stage 1,
 :mod:`radvlsm.proposals.site_exemplars`); on resume they are re-learned in labelling order, as the server
-re-learns its final labels at start-up.
+re-learns its final labels at start-up. With ``--site-phrase`` the server is configured with the site's phrase
+(``--conf site_phrases "breast lesion"``): training teaches it beside ``lesion`` (the trainer's default
+``proposer_phrases``) and it takes the presence of ``lesion`` whatever its own match
+(:class:`radvlsm.proposals.qformer_lite.QFormerLiteProposer`).
 
 Measured on the held-back patients through the served stack (encoder runtime ``auto``, the published decoder and
 proposer, :class:`radvlsm.pipeline.RadVLSMPipeline` defaults): text Dice (label > 0 vs the mask) of lesion images
@@ -91,11 +94,14 @@ class Curve:
         self.work = Path(args.work) / f"{args.site}-{strategy}-{args.variant}"
         self.state_path = self.work / "state.json"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {
-            "labelled": [], "rounds": [], "options": args.options}
+            "labelled": [], "rounds": [], "options": args.options, "exemplars": args.exemplars,
+            "site_phrase": args.site_phrase}
         # what the server serves for this site: its store (trained_dir), the start checkpoint, the site's exemplars
         # with --exemplars; the text proposer is measured alone (no mask ranker), as every curve here was
+        self.site_phrases = (self.phrase,) if args.site_phrase else ()
         self.stack = stack_for(runtime="auto", disk_cache=DISK_CACHE, trained_dir=str(self.work),
-                               qformer_checkpoint=str(self.start), mask_ranker="off", site_exemplars=args.exemplars)
+                               qformer_checkpoint=str(self.start), mask_ranker="off", site_exemplars=args.exemplars,
+                               site_phrases=self.site_phrases)
         self.predictor = self.stack.predictor
         self.decoders, self.proposers = self.stack.decoder_store, self.stack.proposer_store
         self.proposer = self.stack.text_proposer
@@ -181,7 +187,8 @@ class Curve:
             self.learn(new)
             pick_s = time.time() - t
             samples = [TrainSample(c, self.pool[c][0], self.pool[c][1]) for c in self.state["labelled"]]
-            cfg = TrainConfig.from_request(self.state["options"])
+            # what the trainer runs: the site's phrases are the default proposer_phrases
+            cfg = TrainConfig.from_request({"proposer_phrases": list(self.site_phrases), **self.state["options"]})
             t = time.time()
             pseudo = self.pseudo_labels(cfg)
             res = fine_tune(self.predictor, samples, self.decoders, cfg, proposer=self.proposer,
@@ -296,6 +303,9 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=0, help="first N held-back images (0: all)")
     ap.add_argument("--exemplars", action="store_true",
                     help="the site's exemplars help the text proposer (VESSA stage 1, --conf site_exemplars true)")
+    ap.add_argument("--site-phrase", action="store_true",
+                    help="the server names the site's phrase (--conf site_phrases): trained, and takes the presence "
+                         "of 'lesion'")
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "results" / "site_adaptation"))
     ap.add_argument("--report", action="store_true", help="print the table and plot from the work folder")
     args = ap.parse_args()

@@ -5,6 +5,8 @@ modality still finds nothing."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -32,9 +34,10 @@ def image():
     return load_image(SAMPLES / "images" / f"{SAMPLE}.png")
 
 
-def with_rule(proposer, threshold: float, floor: float | None):
+def with_rule(proposer, threshold: float, floor: float | None, site_phrases: tuple[str, ...] = ()):
     clone = proposer.with_model(proposer.model, Calibration(threshold, proposer.heat_threshold))
     clone.mismatch_floor, clone.presence_phrase = floor, "lesion"
+    clone.site_phrases = frozenset(site_phrases)
     return clone
 
 
@@ -73,3 +76,34 @@ def test_presence_from_the_class_agnostic_phrase_keeps_the_lesion(proposer, imag
 def test_another_modality_phrase_still_finds_nothing(proposer, image):
     res = proposer.propose(image, "colon polyp")
     assert res.match_score < proposer.mismatch_floor and not res.candidates
+
+
+def test_a_site_phrase_takes_the_presence_of_lesion_below_the_floor(proposer, image):
+    """A new site's own words match less everywhere (BUS-UCLM: "breast lesion" fell below the floor): a phrase the
+    site names (``--conf site_phrases``) borrows the presence of "lesion" whatever its match, another phrase
+    below the floor still finds nothing."""
+    enc = proposer.predictor.encode(image)
+    generic = proposer.score(enc, "lesion")[0]
+    organs = {p: proposer.score(enc, p)[0] for p in ("breast mass", "breast lesion", "the breast nodule",
+                                                     "breast tumor", "a mass in the breast ultrasound")}
+    phrase, organ = min(organs.items(), key=lambda kv: kv[1])
+    polyp = proposer.score(enc, "colon polyp")[0]
+    assert max(organ, polyp) < generic, (organs, polyp, generic)
+    threshold = (max(organ, polyp) + generic) / 2  # only "lesion" is present on its own
+    floor = threshold  # both other phrases are below the floor: clear mismatches by the checkpoint's rule
+    site = with_rule(proposer, threshold, floor, site_phrases=(phrase,))
+    found = site.propose(image, f" {phrase.upper()} ", encoded=enc)  # the site's phrase as a user types it
+    assert found.candidates and "a site phrase" in found.notes[0]
+    best = np.array(found.candidates[0].box)[None]
+    assert box_iou(best, np.array(mask_to_box(reference(SAMPLE)))[None])[0, 0] > 0.3
+    assert not site.propose(image, "colon polyp", encoded=enc).candidates  # not a site phrase: below the floor
+    # the same server without the site phrase refuses it
+    assert not with_rule(proposer, threshold, floor).propose(image, phrase, encoded=enc).candidates
+
+
+def test_the_stack_gives_the_site_phrases_to_the_text_proposer(tmp_path):
+    from radvlsm.stack import Settings, Stack
+
+    settings = Settings.from_conf({"site_phrases": "breast lesion; Breast Mass", "qformer_checkpoint": str(XSITE)})
+    stack = Stack(replace(settings, warm_up=False, diagnose=False, disk_cache=str(tmp_path)))
+    assert stack.text_proposer.site_phrases == {"breast lesion", "breast mass"}

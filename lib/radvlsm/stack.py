@@ -194,7 +194,7 @@ class Stack:
         from radvlsm.proposals import build_proposer
 
         return build_proposer("qformer_lite", predictor=self.predictor, checkpoint=self.settings.qformer_path,
-                              store=self.proposer_store)
+                              store=self.proposer_store, site_phrases=self.settings.site_phrases)
 
     @property
     def site(self) -> SiteExemplars:

@@ -65,7 +65,7 @@ class QFormerLiteProposer:
     refine_by_default = False
 
     def __init__(self, predictor: SegmentPredictor, checkpoint: str | Path | None = None,
-                 text_encoder: TextEncoder | None = None, store: Any = None):
+                 text_encoder: TextEncoder | None = None, store: Any = None, site_phrases: tuple[str, ...] = ()):
         if predictor.backbone.name != "litemedsam":
             raise ValueError("qformer_lite was trained on LiteMedSAM embeddings; serve it with backbone litemedsam")
         self.predictor = predictor
@@ -78,6 +78,11 @@ class QFormerLiteProposer:
         # finds is kept unless the phrase is a clear mismatch (below the floor, as "colon polyp" on a breast scan)
         self.presence_phrase = meta.get("presence_phrase")
         self.mismatch_floor = meta.get("mismatch_floor")
+        # the phrases the site names its lesions by (--conf site_phrases) borrow the presence phrase's decision
+        # whatever their own match: the floor guards against another organ's phrase, and at a new site every match
+        # is lower (BUS-UCLM: "breast lesion" fell below the floor on most lesion images, benchmarks/
+        # bench_site_adaptation.py), so the floor learned at other sites would refuse the site's own words
+        self.site_phrases = frozenset(p.strip().lower() for p in site_phrases)
         self.text_encoder = text_encoder or shared_text_encoder()
         self.base_id = file_version(self.checkpoint)  # fine-tunes are served only over the checkpoint they left
         self._lock = threading.Lock()
@@ -132,6 +137,14 @@ class QFormerLiteProposer:
         box = np.clip(box, 0, [cols - 1, rows - 1, cols - 1, rows - 1]).astype(np.float32)
         return float(out["itm"].sigmoid()[0]), heat.cpu().numpy().astype(np.float32), box
 
+    def _borrows_presence(self, text: str, match: float) -> bool:
+        """Whether ``text``, below the threshold, takes the presence phrase's decision: a site phrase always, any
+        other phrase above the mismatch floor (checkpoints calibrated for the rule carry both values)."""
+        phrase = text.strip().lower()
+        if not self.presence_phrase or self.mismatch_floor is None or phrase == self.presence_phrase:
+            return False
+        return phrase in self.site_phrases or match >= float(self.mismatch_floor)
+
     def propose(self, image: Image2D, text: str, top_k: int = DEFAULT_TOP_K,
                 encoded: Encoded | None = None) -> Proposal:
         text = validate_text(text)
@@ -142,13 +155,14 @@ class QFormerLiteProposer:
         candidates: list[Candidate] = []
         notes: list[str] = []
         present = match >= self.threshold
-        if not present and self.presence_phrase and self.mismatch_floor is not None \
-                and text.strip().lower() != self.presence_phrase and match >= float(self.mismatch_floor):
+        if not present and self._borrows_presence(text, match):
             presence = self.score(enc, self.presence_phrase)[0]
             present = presence >= self.threshold
             if present:
+                why = ("a site phrase" if text.strip().lower() in self.site_phrases
+                       else f"above its mismatch floor {float(self.mismatch_floor):.3f}")
                 notes.append(f"presence from '{self.presence_phrase}' ({presence:.2f}); '{text}' matched "
-                             f"{match:.2f}, above its mismatch floor {float(self.mismatch_floor):.3f}")
+                             f"{match:.2f}, {why}")
         if present:
             low = max(0.1, self.heat_threshold - 0.15)
             boxes, scores = heatmap_boxes(heat, thresholds=(self.heat_threshold, low))
