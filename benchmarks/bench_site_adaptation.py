@@ -202,7 +202,7 @@ class Curve:
                        "published": res.published, "version": res.version, "val_before": res.dice_before,
                        "val_after": res.dice_after}}
             if self.assisted is not None:
-                rel = self.assisted.site.reliability(self.proposer.version)
+                rel = self.assisted.reliability()
                 row["exemplars"] = {"in_bank": len(self.assisted.site.bank),
                                     "reliability": rel.to_json() if rel else None}
             if res.proposer is not None:

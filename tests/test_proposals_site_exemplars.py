@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from radvlsm.geometry import mask_to_box
 from radvlsm.io import load_image
 from radvlsm.models import build_backbone
 from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline
@@ -34,6 +35,18 @@ class CornerProposer:
 
     def __init__(self):
         self.present = True
+        self.recalibrated: dict[str, str] = {}  # version -> the version whose weights it serves
+
+    def weights_of(self, version: str) -> str:
+        return self.recalibrated.get(version, version)
+
+    def locate(self, image, text, top_k=3, encoded=None) -> Proposal:
+        """Where it looks whatever its presence decision: the corner."""
+        present, self.present = self.present, True
+        try:
+            return self.propose(image, text, top_k, encoded)
+        finally:
+            self.present = present
 
     def propose(self, image, text, top_k=3, encoded=None) -> Proposal:
         rows, cols = image.shape
@@ -101,16 +114,57 @@ def test_without_a_record_the_text_proposer_answers_alone(predictor, images):
 
 
 def test_exemplars_find_the_lesion_the_text_proposer_misses(assisted, images):
-    rel = assisted.site.reliability()
+    rel = assisted.reliability()
+    assert rel.bank > rel.text
     hits = 0
     for q in QUERIES:
         p = assisted.propose(images[q], "breast lesion", top_k=3)
-        assert p.backend == "corner+template" and p.candidates[0].backend == "template"
+        text = assisted.text.propose(images[q], "breast lesion")
+        assert p.backend == "corner+template" and p.candidates
+        assert all(c.backend == "template" and c.extra["source"] == "site_exemplars" for c in p.candidates)
         assert any("source reliability" in n for n in p.notes)
-        assert p.candidates[0].extra["source_weight"] == pytest.approx(rel.bank, abs=1e-4)
-        assert p.heatmap.shape == images[q].shape
+        assert np.array_equal(p.heatmap, text.heatmap)  # the text relevance stays the consistency term
         hits += top1_iou(p, reference(q)) >= 0.5
     assert hits >= 1
+
+
+def test_the_more_reliable_text_proposer_answers_alone(predictor, images):
+    """In domain the text proposer finds the lesions better than the bank: the bank changes nothing."""
+
+    class Truth(CornerProposer):
+        def propose(self, image, text, top_k=3, encoded=None) -> Proposal:
+            box = [float(v) for v in mask_to_box(self.mask)]
+            return Proposal([Candidate(box, 0.9, "truth")], 0.9, None, "truth", version=self.version)
+
+        locate = propose
+
+    text = Truth()
+    site = SiteExemplars(build_proposer("template", predictor=predictor, max_exemplars=20), min_scored=3)
+    proposer = ExemplarAssistedProposer(text, site)
+    for i in EXEMPLARS:
+        text.mask = reference(i)
+        proposer.learn(i, images[i], reference(i))
+    rel = proposer.reliability()
+    assert rel.text == pytest.approx(1.0) and rel.bank < 1.0
+    text.mask = reference(QUERIES[0])
+    p = proposer.propose(images[QUERIES[0]], "lesion")
+    assert p.backend == "truth" and [c.backend for c in p.candidates] == ["truth"]
+
+
+def test_the_record_scores_where_the_text_proposer_looks_not_its_presence(predictor, images):
+    """A text proposer that answers "no lesion" is scored by where it would look (``locate``): presence is not what
+    the record arbitrates."""
+    class Wide(CornerProposer):
+        def locate(self, image, text, top_k=3, encoded=None) -> Proposal:
+            rows, cols = image.shape
+            return Proposal([Candidate([0.0, 0.0, cols - 1.0, rows - 1.0], 0.9, "wide")], 0.9, None, "wide")
+
+    site = SiteExemplars(build_proposer("template", predictor=predictor, max_exemplars=20), min_scored=3)
+    text = Wide()
+    text.present = False
+    for i in EXEMPLARS:
+        site.learn(i, images[i], reference(i), text)
+    assert site.reliability().text > 0.0  # the whole-image box overlaps each lesion; "no lesion" would score 0
 
 
 def test_a_new_text_version_restarts_the_record(assisted, images):
@@ -123,6 +177,16 @@ def test_a_new_text_version_restarts_the_record(assisted, images):
         assisted.learn(i, images[i], reference(i))
     assert assisted.site.reliability("v0001") is None  # 2 of 3
     assert assisted.site.reliability("shipped").scored == 3
+
+
+def test_a_threshold_only_version_keeps_the_record_of_its_weights(assisted, images):
+    """A version that only recalibrated the presence threshold serves the same weights: the record, which scores
+    where the proposer looks, still holds."""
+    assisted.text.version = "v0001"
+    assisted.text.recalibrated["v0001"] = "shipped"
+    assert assisted.reliability() == assisted.site.reliability("shipped") is not None
+    p = assisted.propose(images[QUERIES[0]], "breast lesion")
+    assert p.backend == "corner+template" and p.version == "v0001"
 
 
 def test_presence_stays_the_text_proposers_decision(assisted, images):

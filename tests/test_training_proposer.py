@@ -191,6 +191,14 @@ def test_a_site_threshold_alone_is_published_when_the_fine_tune_does_no_better(t
     served = build_proposer("qformer_lite", predictor=predictor, store=store)
     assert served.version == "v0001" and served.threshold == pytest.approx(run.match_threshold)
     assert sum(top1_iou(served, it, "lesion") > 0.5 for it in items) >= 3  # 95 % of 4, less float32 rounding
+    # a threshold-only version serves the shipped weights: the site's exemplar record keeps its scores
+    assert served.weights_of("v0001") == SHIPPED and served.weights_of(SHIPPED) == SHIPPED
+    # where the strict proposer would look, whatever its presence decision (what that record scores)
+    from radvlsm.predictor import Encoded
+
+    enc = Encoded(items[0].embedding, items[0].original_size, items[0].input_size)
+    assert not strict.propose(None, "lesion", encoded=enc).candidates
+    assert strict.locate(None, "lesion", encoded=enc).candidates
 
     off = fine_tune_proposer(strict, items, ProposerStore(tmp_path / "off"),
                              ProposerConfig(epochs=1, lr=1e-9, scope="heads", recalibrate=False))

@@ -97,6 +97,27 @@ class QFormerLiteProposer:
                                      ("proposer_base", self.base_id), optional=("calibration",))
         self.watcher.refresh()
 
+    def weights_of(self, version: str) -> str:
+        """The version whose weights ``version`` serves: a version that only recalibrated the presence threshold
+        (``candidate`` ``recalibrated`` in its metadata) serves its base's weights. What the site's exemplar record
+        keys its scores by (:mod:`radvlsm.proposals.site_exemplars`): it judges where the proposer looks, which
+        a new threshold does not change."""
+        store = self.watcher.store if self.watcher is not None else None
+        seen: set[str] = set()
+        while store is not None and version != "shipped" and version not in seen:
+            seen.add(version)
+            meta = store.metadata(version)
+            if meta.get("candidate") != "recalibrated" or not meta.get("base_version"):
+                break
+            version = str(meta["base_version"])
+        return version
+
+    def locate(self, image: Image2D, text: str, top_k: int = DEFAULT_TOP_K,
+               encoded: Encoded | None = None) -> Proposal:
+        """Where the proposer would look if the lesion were present (``propose`` with the presence decision off):
+        how the site's exemplar record scores it."""
+        return self.propose(image, text, top_k, encoded, threshold=0.0)
+
     @property
     def threshold(self) -> float:
         """Image-text match at or above which the phrase counts as present (the served version's)."""
@@ -146,18 +167,20 @@ class QFormerLiteProposer:
         return phrase in self.site_phrases or match >= float(self.mismatch_floor)
 
     def propose(self, image: Image2D, text: str, top_k: int = DEFAULT_TOP_K,
-                encoded: Encoded | None = None) -> Proposal:
+                encoded: Encoded | None = None, threshold: float | None = None) -> Proposal:
+        """Candidate boxes for ``text``; ``threshold`` (None: the served one) is the presence threshold."""
         text = validate_text(text)
+        threshold = self.threshold if threshold is None else float(threshold)
         t0 = time.perf_counter()
         enc = encoded or self.predictor.encode(image)
         t1 = time.perf_counter()
         match, heat, head_box = self.score(enc, text)
         candidates: list[Candidate] = []
         notes: list[str] = []
-        present = match >= self.threshold
+        present = match >= threshold
         if not present and self._borrows_presence(text, match):
             presence = self.score(enc, self.presence_phrase)[0]
-            present = presence >= self.threshold
+            present = presence >= threshold
             if present:
                 why = ("a site phrase" if text.strip().lower() in self.site_phrases
                        else f"above its mismatch floor {float(self.mismatch_floor):.3f}")

@@ -104,8 +104,10 @@ class SiteExemplars:
                 if len(self.bank):
                     enc = self.bank.predictor.encode(image)
                     bank_iou = top1_iou(self.bank.propose(image, phrase, top_k=1, encoded=enc), mask)
-                    proposal = text.propose(image, phrase, top_k=1, encoded=enc)
-                    self._scores.append((proposal.version, top1_iou(proposal, mask), bank_iou))
+                    # where the text proposer looks, whatever its presence decision (that one is not arbitrated)
+                    locate = getattr(text, "locate", text.propose)
+                    proposal = locate(image, phrase, top_k=1, encoded=enc)
+                    self._scores.append((weights_of(text, proposal.version), top1_iou(proposal, mask), bank_iou))
             if len(self.bank) >= self.bank.max_exemplars and case_id not in self.bank.ids:
                 oldest = self.bank.ids[0]  # derived data: the label itself stays in the datastore
                 logger.info(f"site exemplars: the bank is full ({self.bank.max_exemplars}); {oldest} makes room")
@@ -128,12 +130,10 @@ class ExemplarAssistedProposer:
     """A text proposer helped by the site's exemplars (see the module docstring); with no reliability record yet
     it is the text proposer itself."""
 
-    def __init__(self, text: BoxProposer, site: SiteExemplars, phrase: str = DEFAULT_PHRASE,
-                 floor: float = 0.05):
+    def __init__(self, text: BoxProposer, site: SiteExemplars, phrase: str = DEFAULT_PHRASE):
         self.text = text
         self.site = site
         self.phrase = phrase
-        self.floor = floor  # a source that found nothing yet keeps a little weight (ties are broken by score)
 
     @property
     def name(self) -> str:
@@ -155,24 +155,30 @@ class ExemplarAssistedProposer:
     def propose(self, image: Image2D, text: str, top_k: int = DEFAULT_TOP_K,
                 encoded: Encoded | None = None) -> Proposal:
         proposal = self.text.propose(image, text, top_k=top_k, encoded=encoded)
-        rel = self.site.reliability(proposal.version)  # scores of the version that answered
-        if rel is None or not proposal.candidates:
-            return proposal  # presence is the text proposer's decision
+        rel = self.site.reliability(weights_of(self.text, proposal.version))  # of the weights that answered
+        if rel is None or not proposal.candidates or rel.bank <= rel.text:
+            return proposal  # presence is the text proposer's decision; where to look, the more reliable source's
         enc = encoded or self.site.bank.predictor.encode(image)
         exemplar = self.site.bank.propose(image, text, top_k=top_k, encoded=enc)
-        w_text, w_bank = max(rel.text, self.floor), max(rel.bank, self.floor)
-        candidates = [_scaled(c, w_text) for c in proposal.candidates] + \
-                     [_scaled(c, w_bank) for c in exemplar.candidates]
-        candidates.sort(key=lambda c: -c.score)
-        heat = proposal.heatmap
-        if heat is not None and exemplar.heatmap is not None:
-            heat = ((w_text * heat + w_bank * exemplar.heatmap) / (w_text + w_bank)).astype(np.float32)
+        if not exemplar.candidates:
+            return proposal
         timings = {**proposal.timings_ms, "exemplars": exemplar.timings_ms.get("match", 0.0)}
-        notes = [*proposal.notes, f"site exemplars: {len(self.site.bank)} in the bank; source reliability "
-                                  f"text {rel.text:.2f}, exemplars {rel.bank:.2f} (last {rel.scored} labels)"]
-        return Proposal(candidates[: max(top_k, 1) * 2], proposal.match_score, heat,
-                        f"{proposal.backend}+template", timings, notes, proposal.version)
+        notes = [*proposal.notes, f"site exemplars: {len(self.site.bank)} in the bank placed the candidates; "
+                                  f"source reliability text {rel.text:.2f}, exemplars {rel.bank:.2f} "
+                                  f"(last {rel.scored} labels)"]
+        candidates = [Candidate(c.box, c.score, c.backend, {**c.extra, "source": "site_exemplars"})
+                      for c in exemplar.candidates[:top_k]]
+        # the text proposer's relevance map stays the aggregation's consistency term: measured better than the
+        # bank's at BUS-UCLM (module docstring)
+        return Proposal(candidates, proposal.match_score, proposal.heatmap, f"{proposal.backend}+template", timings,
+                        notes, proposal.version)
+
+    def reliability(self) -> Reliability | None:
+        """The record of the text proposer's served weights (what :meth:`propose` reads now)."""
+        return self.site.reliability(weights_of(self.text, getattr(self.text, "version", "shipped")))
 
 
-def _scaled(c: Candidate, weight: float) -> Candidate:
-    return Candidate(c.box, float(c.score * weight), c.backend, {**c.extra, "source_weight": round(weight, 4)})
+def weights_of(text: BoxProposer, version: str) -> str:
+    """The version whose weights ``text`` serves as ``version`` (a threshold-only version serves its base's)."""
+    resolve = getattr(text, "weights_of", None)
+    return resolve(version) if resolve is not None else version
