@@ -159,16 +159,20 @@ class ExemplarAssistedProposer:
                 encoded: Encoded | None = None) -> Proposal:
         proposal = self.text.propose(image, text, top_k=top_k, encoded=encoded)
         rel = self.site.reliability(weights_of(self.text, proposal.version))  # of the weights that answered
-        if rel is None or not proposal.candidates or rel.bank <= rel.text:
-            return proposal  # presence is the text proposer's decision; where to look, the more reliable source's
+        if rel is None or not proposal.candidates:
+            return proposal  # presence is the text proposer's decision
+        record = (f"source reliability text {rel.text:.2f}, exemplars {rel.bank:.2f} (last {rel.scored} labels)")
+        if rel.bank <= rel.text:  # where to look: the more reliable source's say
+            proposal.notes = [*proposal.notes, f"site exemplars: {len(self.site.bank)} in the bank; the text "
+                                               f"proposer placed the candidates; {record}"]
+            return proposal
         enc = encoded or self.site.bank.predictor.encode(image)
         exemplar = self.site.bank.propose(image, text, top_k=top_k, encoded=enc)
         if not exemplar.candidates:
             return proposal
         timings = {**proposal.timings_ms, "exemplars": exemplar.timings_ms.get("match", 0.0)}
-        notes = [*proposal.notes, f"site exemplars: {len(self.site.bank)} in the bank placed the candidates; "
-                                  f"source reliability text {rel.text:.2f}, exemplars {rel.bank:.2f} "
-                                  f"(last {rel.scored} labels)"]
+        notes = [*proposal.notes, f"site exemplars: {len(self.site.bank)} in the bank; the exemplars placed the "
+                                  f"candidates; {record}"]
         candidates = [Candidate(c.box, c.score, c.backend, {**c.extra, "source": "site_exemplars"})
                       for c in exemplar.candidates[:top_k]]
         # the text proposer's relevance map stays the aggregation's consistency term: measured better than the
