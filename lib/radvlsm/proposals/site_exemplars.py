@@ -26,8 +26,10 @@ changes as the text proposer learns the site. So:
   the new version on its own training labels); a version that only recalibrated the presence threshold serves the
   same weights and keeps the record (``weights_of``).
 
-Measured: README, *A new site* (``benchmarks/bench_site_adaptation.py --exemplars --site-phrase``). The server
-runs it only with ``--conf site_exemplars true``.
+Measured: README, *A new site* (``benchmarks/bench_site_adaptation.py --exemplars --site-phrase``,
+``benchmarks/bench_exemplar_rules.py``). Known gap: after 25 ``random`` corrections at BUS-UCLM the record chose
+the text proposer (0.48 vs 0.37) while the bank's candidates gave 0.39 text Dice on the held-back patients against
+its 0.28. The server runs it only with ``--conf site_exemplars true``.
 """
 
 from __future__ import annotations
