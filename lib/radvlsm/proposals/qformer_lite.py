@@ -83,6 +83,7 @@ class QFormerLiteProposer:
         # is lower (BUS-UCLM: "breast lesion" fell below the floor on most lesion images, benchmarks/
         # bench_site_adaptation.py), so the floor learned at other sites would refuse the site's own words
         self.site_phrases = frozenset(p.strip().lower() for p in site_phrases)
+        self._weights: dict[str, str] = {}  # version -> the version whose weights it serves (weights_of)
         self.text_encoder = text_encoder or shared_text_encoder()
         self.base_id = file_version(self.checkpoint)  # fine-tunes are served only over the checkpoint they left
         self._lock = threading.Lock()
@@ -101,16 +102,24 @@ class QFormerLiteProposer:
         """The version whose weights ``version`` serves: a version that only recalibrated the presence threshold
         (``candidate`` ``recalibrated`` in its metadata) serves its base's weights. What the site's exemplar record
         keys its scores by (:mod:`radvlsm.proposals.site_exemplars`): it judges where the proposer looks, which
-        a new threshold does not change."""
+        a new threshold does not change. Published versions never change, so an answer read in full is kept (this
+        runs on every exemplar-assisted request)."""
         store = self.watcher.store if self.watcher is not None else None
-        seen: set[str] = set()
-        while store is not None and version != "shipped" and version not in seen:
-            seen.add(version)
-            meta = store.metadata(version)
+        if store is None or version == "shipped":
+            return version
+        if version in self._weights:
+            return self._weights[version]
+        resolved, seen, complete = version, set(), True
+        while resolved != "shipped" and resolved not in seen:
+            seen.add(resolved)
+            meta = store.metadata(resolved)
+            complete = complete and bool(meta)  # an unreadable file is not remembered
             if meta.get("candidate") != "recalibrated" or not meta.get("base_version"):
                 break
-            version = str(meta["base_version"])
-        return version
+            resolved = str(meta["base_version"])
+        if complete:
+            self._weights[version] = resolved
+        return resolved
 
     def locate(self, image: Image2D, text: str, top_k: int = DEFAULT_TOP_K,
                encoded: Encoded | None = None) -> Proposal:
@@ -158,13 +167,17 @@ class QFormerLiteProposer:
         box = np.clip(box, 0, [cols - 1, rows - 1, cols - 1, rows - 1]).astype(np.float32)
         return float(out["itm"].sigmoid()[0]), heat.cpu().numpy().astype(np.float32), box
 
-    def _borrows_presence(self, text: str, match: float) -> bool:
-        """Whether ``text``, below the threshold, takes the presence phrase's decision: a site phrase always, any
-        other phrase above the mismatch floor (checkpoints calibrated for the rule carry both values)."""
+    def _borrowed_presence(self, text: str, match: float) -> str | None:
+        """Why ``text``, below the threshold, takes the presence phrase's decision (None: it does not): a site
+        phrase always, any other phrase above the mismatch floor (checkpoints calibrated for the rule carry both
+        values)."""
         phrase = text.strip().lower()
         if not self.presence_phrase or self.mismatch_floor is None or phrase == self.presence_phrase:
-            return False
-        return phrase in self.site_phrases or match >= float(self.mismatch_floor)
+            return None
+        if phrase in self.site_phrases:
+            return "a site phrase"
+        floor = float(self.mismatch_floor)
+        return f"above its mismatch floor {floor:.3f}" if match >= floor else None
 
     def propose(self, image: Image2D, text: str, top_k: int = DEFAULT_TOP_K,
                 encoded: Encoded | None = None, threshold: float | None = None) -> Proposal:
@@ -178,12 +191,11 @@ class QFormerLiteProposer:
         candidates: list[Candidate] = []
         notes: list[str] = []
         present = match >= threshold
-        if not present and self._borrows_presence(text, match):
+        why = None if present else self._borrowed_presence(text, match)
+        if why is not None:
             presence = self.score(enc, self.presence_phrase)[0]
             present = presence >= threshold
             if present:
-                why = ("a site phrase" if text.strip().lower() in self.site_phrases
-                       else f"above its mismatch floor {float(self.mismatch_floor):.3f}")
                 notes.append(f"presence from '{self.presence_phrase}' ({presence:.2f}); '{text}' matched "
                              f"{match:.2f}, {why}")
         if present:
