@@ -4,6 +4,7 @@ is encoded once), one text proposer, one site exemplar bank, one diagnoser, one 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 
 from radvlsm.defaults import DEFAULT_PHRASE
@@ -28,8 +29,48 @@ def shared_stack(conf: dict[str, str], model_dir: str) -> Stack:
 
 
 def learn_final_label(site: SiteExemplars, datastore, image_id: str, text=None, phrase: str = DEFAULT_PHRASE) -> None:
-    """A saved final label joins the site's exemplars (scored first against ``text``, the served text proposer);
-    a bad stored label must not break saving or serving, so it is logged and skipped."""
+    """A saved final label joins the site's exemplars. With ``text`` (the served text proposer) the label is first
+    scored against both sources, which decodes a few masks per recent label (seconds on a CPU): that runs on the
+    site's learning thread, in saving order, so the label save answers at once. A bad stored label must not break
+    saving or serving, so it is logged and skipped."""
+    if text is None:
+        _learn(site, datastore, image_id, None, phrase)
+    else:
+        _learner.submit(_learn, site, datastore, image_id, text, phrase)
+
+
+def learn_saved_labels(site: SiteExemplars, datastore, text=None, phrase: str = DEFAULT_PHRASE) -> None:
+    """At start-up: the final labels already saved, on the site's learning thread (each is encoded)."""
+    for image_id in sorted(datastore.get_labeled_images(label_tag="final")):
+        _learner.submit(_learn, site, datastore, image_id, text, phrase)
+
+
+class _Learner:
+    """One daemon thread learns a site's labels in the order they came (a stopping server does not wait for it:
+    the labels are in the datastore and are learned again at the next start)."""
+
+    def __init__(self):
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start = threading.Lock()
+
+    def submit(self, fn, *args) -> None:
+        with self._start:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True, name="site-exemplars")
+                self._thread.start()
+        self._queue.put((fn, args))
+
+    def _run(self) -> None:
+        while True:
+            fn, args = self._queue.get()
+            fn(*args)
+
+
+_learner = _Learner()
+
+
+def _learn(site: SiteExemplars, datastore, image_id: str, text, phrase: str) -> None:
     try:
         label_uri = datastore.get_label_uri(image_id, "final")
         if not label_uri:
@@ -38,11 +79,3 @@ def learn_final_label(site: SiteExemplars, datastore, image_id: str, text=None, 
         site.learn(image_id, image, load_mask(label_uri, image.shape) > 0, text, phrase)
     except Exception as exc:
         logger.warning(f"site exemplars: skipped {image_id}: {exc}")
-
-
-def learn_saved_labels(site: SiteExemplars, datastore, text=None, phrase: str = DEFAULT_PHRASE) -> None:
-    """At start-up: the final labels already saved, in the background (each is encoded)."""
-    ids = sorted(datastore.get_labeled_images(label_tag="final"))
-    if ids:
-        threading.Thread(target=lambda: [learn_final_label(site, datastore, i, text, phrase) for i in ids],
-                         daemon=True, name="site-exemplars").start()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,9 +248,12 @@ class TemplateProposer:
         return f"{self.predictor.backbone.name}-{self.predictor.backbone.version}"
 
     # -- proposals ----------------------------------------------------------------------------------------
-    def retrieve(self, feats: torch.Tensor) -> tuple[list[str], np.ndarray]:
-        """The ``k`` exemplar ids with the most similar global descriptor, and their cosines, best first."""
-        ids = list(self._bank)
+    def retrieve(self, feats: torch.Tensor, exclude: Collection[str] = ()) -> tuple[list[str], np.ndarray]:
+        """The ``k`` exemplar ids with the most similar global descriptor, and their cosines, best first
+        (``exclude``: ids left out, e.g. an image's own exemplar when the bank is scored on it)."""
+        ids = [i for i in self._bank if i not in exclude]
+        if not ids:
+            return [], np.zeros(0, np.float32)
         glob = _unit(feats.flatten(1).mean(1)).numpy()
         sims = np.stack([self._bank[i].global_desc for i in ids]) @ glob
         order = np.argsort(-sims, kind="stable")[: self.k]
@@ -281,10 +285,19 @@ class TemplateProposer:
             return Proposal([], 0.0, None, self.name, {"total": 0.0},
                             notes=["template: the exemplar bank is empty; save final labels to fill it"])
         enc = encoded if encoded is not None else self.predictor.encode(image)
+        proposal = self.propose_encoded(enc, top_k)
+        proposal.timings_ms["total"] = (time.perf_counter() - t0) * 1e3
+        return proposal
+
+    def propose_encoded(self, enc: Encoded, top_k: int = DEFAULT_TOP_K, exclude: Collection[str] = ()) -> Proposal:
+        """:meth:`propose` on an image already encoded, the exemplars in ``exclude`` left out (scoring the bank on
+        one of its own images needs no image, only its encoding); no candidates when no exemplar is left."""
         t1 = time.perf_counter()
         feats = patch_features(enc, self.img_size)
         with self._lock:
-            ids, sims = self.retrieve(feats)
+            ids, sims = self.retrieve(feats, exclude)
+            if not ids:
+                return Proposal([], 0.0, None, self.name, {"encode": enc.encode_ms, "match": 0.0})
             prob = self.foreground_map(feats, ids, sims)
         heat = grid_to_image(prob, enc, self.img_size)
         peak = float(heat.max())
@@ -292,12 +305,11 @@ class TemplateProposer:
         norm = ((heat - lo) / max(hi - lo, 1e-6)).astype(np.float32)
         boxes, scores = heatmap_boxes(norm, self.thresholds, self.min_area_frac)
         extra = {"exemplars": ids, "similarity": [round(float(s), 4) for s in sims]}
-        cands = [Candidate(_clip_box(b, image.shape), float(s), self.name, dict(extra, peak=round(peak, 4)))
+        cands = [Candidate(_clip_box(b, enc.original_size), float(s), self.name, dict(extra, peak=round(peak, 4)))
                  for b, s in zip(boxes[:top_k], scores[:top_k], strict=True)]
         match = float(1.0 / (1.0 + np.exp(-(float(sims[0]) - self.match_center) / self.match_scale)))
-        t2 = time.perf_counter()
         return Proposal(cands, match, norm, self.name,
-                        {"encode": enc.encode_ms, "match": (t2 - t1) * 1e3, "total": (t2 - t0) * 1e3})
+                        {"encode": enc.encode_ms, "match": (time.perf_counter() - t1) * 1e3})
 
 
 def _clip_box(box: np.ndarray, shape: tuple[int, int]) -> list[float]:
