@@ -11,8 +11,10 @@ patients are measured as in ``bench_site_adaptation.py`` (text Dice with the sit
 * ``text``: the text proposer alone;
 * ``pooled``: both sources' candidates pooled, each scaled by its source's reliability, the relevance map the
   reliability-weighted mean of both (the rule shipped before 2026-12-03);
-* ``bank-first``: where the text proposer says present and the bank's record is better, the bank's candidates,
-  with the text proposer's relevance map (:class:`radvlsm.proposals.site_exemplars.ExemplarAssistedProposer`);
+* ``bank-first``: the shipped rule (:class:`radvlsm.proposals.site_exemplars.ExemplarAssistedProposer`): where the
+  text proposer says present, the bank's candidates with the text proposer's relevance map, unless its record says
+  the text proposer is better (until 2026-12-03: a higher mean top-1 box IoU, the bank scored prequentially;
+  since: a higher fused-mask Dice with confidence, the bank scored leave-one-out; the printout's date says which);
 * ``bank-first-bankmap``: the same with the bank's relevance map;
 * ``bank-always``: the bank's candidates wherever the text proposer says present, whatever the record (is the
   record's choice right?).

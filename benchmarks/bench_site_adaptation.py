@@ -18,8 +18,8 @@ final labels; :func:`radvlsm.training.fine_tune` runs with ``TrainConfig()`` def
 ``random`` draws uniformly (seeded). With ``--options '{"pseudo_labels": true}'`` (VESSA stage 2, off by
 default) the round first pseudo-labels the rest of the pool as the server's train task does
 (:mod:`radvlsm.training.pseudo`; the row reports their Dice against the reference masks). With ``--exemplars``
-(the server's ``--conf site_exemplars true``; off by default there and here), each label joins the site's
-exemplars when it is saved, before the round's training (VESSA stage 1,
+(the server's default, ``--conf site_exemplars true``; off here unless asked, as the earlier curves ran), each
+label joins the site's exemplars when it is saved, before the round's training (VESSA stage 1,
 :mod:`radvlsm.proposals.site_exemplars`); on resume they are re-learned in labelling order, as the server
 re-learns its final labels at start-up. With ``--site-phrase`` the server is configured with the site's phrase
 (``--conf site_phrases "breast lesion"``): training teaches it beside ``lesion`` (the trainer's default

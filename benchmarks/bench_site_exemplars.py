@@ -10,8 +10,9 @@ share of lesion-free images given a lesion:
 * ``exemplars``: the bank alone (no presence decision: it proposes on every image);
 * ``exemplars-first``: under the text proposer's presence decision, the bank's candidates and map first, the text
   proposer's candidates at half weight (a fixed rule);
-* ``shipped``: :class:`radvlsm.proposals.site_exemplars.ExemplarAssistedProposer`, sources weighted by their
-  prequential record on the site's labels (what the server runs).
+* ``shipped``: :class:`radvlsm.proposals.site_exemplars.ExemplarAssistedProposer`, what the server runs: the bank's
+  candidates unless the text proposer's record on the site's labels is better with confidence (printouts before
+  2026-12-03: the higher mean top-1 box IoU; since: fused-mask Dice, the column's last figure its lower bound).
 
 Sites: BUS-UCLM held-back patients (start ``model/qformer_lite_xsite``, which never saw it; exemplars = the first
 N lesion images of the site-adaptation pool, its seeded order) and BUS-BRA fold 5 (in-domain, default checkpoint;
@@ -108,7 +109,8 @@ def main() -> None:
                         else:
                             fp.append(bool(res.lesions))
                     fp_s = f"{np.mean(fp):.1%} of {len(fp)}" if fp else "-"
-                    rel_s = f"{rel.text:.3f} / {rel.bank:.3f} ({rel.scored} labels)" if rel else "-"
+                    rel_s = (f"{rel.text:.3f} / {rel.bank:.3f} ({rel.scored} labels, lower {rel.lower:+.3f})"
+                             if rel else "-")
                     print(f"| {site} | {n} | {rule} | {p} | {len(d)} | {np.mean(d):.4f} | {fp_s} | {rel_s} |",
                           flush=True)
 

@@ -21,7 +21,7 @@ EXTRA = "bus_0633-l"  # a fifth final label (no pathology): the hash split still
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    # site_exemplars (off by default) on: the saved labels' exemplar help is checked here too; the site's phrase
+    # site_exemplars (the default) named: the saved labels' exemplar help is checked here too; the site's phrase
     # is what a request without proposer_phrases teaches the proposer besides the app's
     server = start_server(tmp_path_factory.mktemp("train_server"),
                           conf={"site_exemplars": "true", "site_phrases": "breast lesion; breast mass"})

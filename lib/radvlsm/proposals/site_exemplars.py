@@ -31,7 +31,8 @@ the text proposer beats the bank by 20 Dice points on any ten labels. Only score
 weights** count: after a fine-tune is published its record starts again; a version that only recalibrated the
 presence threshold serves the same weights and keeps the record (``weights_of``).
 
-The server runs it only with ``--conf site_exemplars true``.
+The server runs it by default (``--conf site_exemplars false`` turns it off): measured neutral in domain (BUS-BRA
+fold 5 with 5, 10 and 25 exemplars) and +5 to +10 text Dice points at BUS-UCLM.
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ class BoxProposalConfig(TaskConfig):
 
     def _scorer(self):
         """The text proposer each label is scored against before it joins the bank: only the pipeline's exemplar
-        help reads those scores, so without it (the default) a label save does not run two proposers for nothing.
+        help reads those scores, so with it off (``--conf site_exemplars false``) a label save does not run two
+        proposers for nothing.
         With it, whichever task hears of the save first scores it (learning is idempotent)."""
         return self.stack.text_proposer if self.stack.settings.site_exemplars else None
 

@@ -1,7 +1,7 @@
 """``radvlsm`` (the full pipeline, type segmentation) and ``diagnosis`` (type classification) share one pipeline,
 the app's stack's (:mod:`lib.models`, :mod:`radvlsm.stack`): the app's predictor (one encode per image), the
-qformer_lite proposer (helped by the site's exemplars with ``--conf site_exemplars true``: VESSA stage 1,
-:mod:`radvlsm.proposals.site_exemplars`; off by default, as measured neutral) and the shipped diagnosis head."""
+qformer_lite proposer (helped by the site's exemplars: VESSA stage 1, :mod:`radvlsm.proposals.site_exemplars`;
+``--conf site_exemplars false`` turns it off) and the shipped diagnosis head."""
 
 from __future__ import annotations
 
