@@ -3,6 +3,7 @@ is encoded once), one text proposer, one site exemplar bank, one diagnoser, one 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
@@ -46,24 +47,42 @@ def learn_saved_labels(site: SiteExemplars, datastore, text=None, phrase: str = 
 
 
 class _Learner:
-    """One daemon thread learns a site's labels in the order they came (a stopping server does not wait for it:
-    the labels are in the datastore and are learned again at the next start)."""
+    """One daemon thread learns a site's labels in the order they came. At exit the labels still queued are dropped
+    (they are in the datastore and are learned again at the next start) and the one being learned is finished: a
+    process must not exit while this thread is inside the runtime (a training subprocess, which builds the app
+    too, aborted so)."""
 
     def __init__(self):
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._start = threading.Lock()
+        self._state = threading.Lock()
+        self._stopped = False
 
     def submit(self, fn, *args) -> None:
-        with self._start:
+        with self._state:
+            if self._stopped:
+                return
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True, name="site-exemplars")
                 self._thread.start()
-        self._queue.put((fn, args))
+                atexit.register(self.stop)
+            self._queue.put((fn, args))
+
+    def stop(self, timeout: float = 120.0) -> None:
+        with self._state:
+            self._stopped = True
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def _run(self) -> None:
-        while True:
-            fn, args = self._queue.get()
+        while (item := self._queue.get()) is not None:
+            fn, args = item
             fn(*args)
 
 
