@@ -30,20 +30,37 @@ def shared_stack(conf: dict[str, str], model_dir: str) -> Stack:
 
 
 def learn_final_label(site: SiteExemplars, datastore, image_id: str, text=None, phrase: str = DEFAULT_PHRASE) -> None:
-    """A saved final label joins the site's exemplars. With ``text`` (the served text proposer) the label is first
-    scored against both sources, which decodes a few masks per recent label (seconds on a CPU): that runs on the
-    site's learning thread, in saving order, so the label save answers at once. A bad stored label must not break
-    saving or serving, so it is logged and skipped."""
-    if text is None:
-        _learn(site, datastore, image_id, None, phrase)
-    else:
-        _learner.submit(_learn, site, datastore, image_id, text, phrase)
+    """A saved final label joins the site's exemplars at once (one encode). With ``text`` (the served text
+    proposer) it is then scored against both sources, which decodes a few masks per recent label (seconds on a
+    CPU): that runs on the site's learning thread, in saving order, so the save answers first. A bad stored label
+    must not break saving or serving, so it is logged and skipped."""
+    loaded = _load(datastore, image_id)
+    if loaded is None:
+        return
+    image, mask = loaded
+    try:
+        if site.add(image_id, image, mask) and text is not None:
+            _learner.submit(_score, site, image_id, image, mask, text, phrase)
+    except Exception as exc:
+        logger.warning(f"site exemplars: skipped {image_id}: {exc}")
 
 
 def learn_saved_labels(site: SiteExemplars, datastore, text=None, phrase: str = DEFAULT_PHRASE) -> None:
     """At start-up: the final labels already saved, on the site's learning thread (each is encoded)."""
     for image_id in sorted(datastore.get_labeled_images(label_tag="final")):
         _learner.submit(_learn, site, datastore, image_id, text, phrase)
+
+
+def _load(datastore, image_id: str):
+    try:
+        label_uri = datastore.get_label_uri(image_id, "final")
+        if not label_uri:
+            return None
+        image = load_image(datastore.get_image_uri(image_id))
+        return image, load_mask(label_uri, image.shape) > 0
+    except Exception as exc:
+        logger.warning(f"site exemplars: skipped {image_id}: {exc}")
+        return None
 
 
 class _Learner:
@@ -90,11 +107,17 @@ _learner = _Learner()
 
 
 def _learn(site: SiteExemplars, datastore, image_id: str, text, phrase: str) -> None:
+    loaded = _load(datastore, image_id)
+    if loaded is None:
+        return
     try:
-        label_uri = datastore.get_label_uri(image_id, "final")
-        if not label_uri:
-            return
-        image = load_image(datastore.get_image_uri(image_id))
-        site.learn(image_id, image, load_mask(label_uri, image.shape) > 0, text, phrase)
+        site.learn(image_id, *loaded, text, phrase)
     except Exception as exc:
         logger.warning(f"site exemplars: skipped {image_id}: {exc}")
+
+
+def _score(site: SiteExemplars, image_id: str, image, mask, text, phrase: str) -> None:
+    try:
+        site.score(image_id, image, mask, text, phrase)
+    except Exception as exc:
+        logger.warning(f"site exemplars: could not score {image_id}: {exc}")

@@ -130,37 +130,30 @@ class SiteExemplars:
 
     def learn(self, case_id: str, image: Image2D, mask: np.ndarray, text: BoxProposer | None = None,
               phrase: str = DEFAULT_PHRASE) -> bool:
-        """Score the text proposer on this label (when ``text`` is given), add the label to the bank, then rescore
-        the bank leave-one-out where what it retrieves changed. A label already learned with the same mask is a
-        no-op (several tasks hear of each save); a lesion-free label teaches the bank nothing. Returns whether
-        the bank changed."""
-        mask = np.asarray(mask) > 0
-        if mask.shape != image.shape:
-            raise ValueError(f"mask {mask.shape} does not match image {image.shape}")
-        digest = hashlib.sha1(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest()
+        """:meth:`add` the label to the bank, then (when ``text`` is given and the bank changed) :meth:`score` it.
+        Returns whether the bank changed."""
+        changed = self.add(case_id, image, mask)
+        if changed and text is not None:
+            self.score(case_id, image, mask, text, phrase)
+        return changed
+
+    def add(self, case_id: str, image: Image2D, mask: np.ndarray) -> bool:
+        """The label joins the bank (one encode: cheap enough for a label save). A label already learned with the
+        same mask is a no-op (several tasks hear of each save); a lesion-free label teaches the bank nothing and
+        takes an emptied label out of it and the record. Returns whether the bank changed."""
+        mask = _checked(image, mask)
+        digest = _digest(mask)
         with self._learning:
             if self._learned.get(case_id) == digest:
                 return False
             self._learned[case_id] = digest
-            with self._lock:
-                kept = [s for s in self._scores if s.case_id != case_id]  # a corrected label replaces its score
-                self._scores.clear()
-                self._scores.extend(kept)
+            self._drop_score(case_id)  # a corrected label replaces its score (:meth:`score` makes the new one)
             if not mask.any():
                 if case_id in self.bank.ids:
                     self.bank.remove_exemplar(case_id)  # the clinician emptied the label
                     self._rescore_bank()
                     return True
                 return False
-            if text is not None:
-                enc = self.bank.predictor.encode(image)
-                # where the text proposer looks, whatever its presence decision (that one is not arbitrated)
-                locate = getattr(text, "locate", text.propose)
-                proposal = locate(image, phrase, top_k=DEFAULT_TOP_K, encoded=enc)
-                scored = _Scored(case_id, weights_of(text, proposal.version), self.fused_dice(proposal, enc, mask),
-                                 enc, proposal.heatmap, mask)
-                with self._lock:
-                    self._scores.append(scored)
             if len(self.bank) >= self.bank.max_exemplars and case_id not in self.bank.ids:
                 oldest = self.bank.ids[0]  # derived data: the label itself stays in the datastore
                 logger.info(f"site exemplars: the bank is full ({self.bank.max_exemplars}); {oldest} makes room")
@@ -168,6 +161,33 @@ class SiteExemplars:
             self.bank.add_exemplar(case_id, image, mask)
             self._rescore_bank()
             return True
+
+    def score(self, case_id: str, image: Image2D, mask: np.ndarray, text: BoxProposer,
+              phrase: str = DEFAULT_PHRASE) -> None:
+        """Record the text proposer's fused-mask Dice on this lesion label (the version served now, where it
+        looks), then rescore the bank leave-one-out where what it retrieves changed. Seconds on a CPU: the server
+        runs it after the save has answered. A label changed since it was added is skipped (its newer version
+        is scored in turn)."""
+        mask = _checked(image, mask)
+        with self._learning:
+            if self._learned.get(case_id) != _digest(mask) or not mask.any():
+                return
+            enc = self.bank.predictor.encode(image)
+            # where the text proposer looks, whatever its presence decision (that one is not arbitrated)
+            locate = getattr(text, "locate", text.propose)
+            proposal = locate(image, phrase, top_k=DEFAULT_TOP_K, encoded=enc)
+            scored = _Scored(case_id, weights_of(text, proposal.version), self.fused_dice(proposal, enc, mask), enc,
+                             proposal.heatmap, mask)
+            self._drop_score(case_id)
+            with self._lock:
+                self._scores.append(scored)
+            self._rescore_bank()
+
+    def _drop_score(self, case_id: str) -> None:
+        with self._lock:
+            kept = [s for s in self._scores if s.case_id != case_id]
+            self._scores.clear()
+            self._scores.extend(kept)
 
     def _rescore_bank(self) -> None:
         """The bank as it is now, scored on each scored label without that label's exemplar. Why not once, on the
@@ -196,6 +216,17 @@ class SiteExemplars:
         text, bank = np.array(scores).T
         gate = paired_bootstrap(bank, text, self.confidence, min_images=self.min_scored)
         return Reliability(float(text.mean()), float(bank.mean()), len(scores), gate.lower, gate.passed)
+
+
+def _checked(image: Image2D, mask: np.ndarray) -> np.ndarray:
+    mask = np.asarray(mask) > 0
+    if mask.shape != image.shape:
+        raise ValueError(f"mask {mask.shape} does not match image {image.shape}")
+    return mask
+
+
+def _digest(mask: np.ndarray) -> str:
+    return hashlib.sha1(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest()
 
 
 class ExemplarAssistedProposer:
