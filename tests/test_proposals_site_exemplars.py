@@ -18,12 +18,20 @@ from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.proposals import build_proposer
 from radvlsm.proposals.base import Candidate, Proposal
-from radvlsm.proposals.site_exemplars import ExemplarAssistedProposer, SiteExemplars, top1_iou
+from radvlsm.proposals.boxes import box_iou
+from radvlsm.proposals.site_exemplars import ExemplarAssistedProposer, SiteExemplars
 from tests.conftest import SAMPLES, dice, reference
 
 # the exemplars and queries of tests/test_proposals_template.py (not chosen here)
 EXEMPLARS = ["bus_0130-l", "bus_0133-r", "bus_0164-l", "bus_0017-s"]
 QUERIES = ["bus_0083-r", "bus_0263-l"]
+
+
+def top1_iou(proposal: Proposal, mask: np.ndarray) -> float:
+    """IoU of the first candidate box with the lesion's box; 0 when nothing is proposed."""
+    if not proposal.candidates:
+        return 0.0
+    return float(box_iou(np.array(proposal.candidates[0].box), np.array(mask_to_box(mask)))[0, 0])
 
 
 class CornerProposer:

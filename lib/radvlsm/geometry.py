@@ -75,6 +75,11 @@ def mask_to_box(mask: np.ndarray) -> list[float] | None:
     return [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
 
 
+def mask_dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two boolean masks of one grid (0 when both are empty)."""
+    return float(2 * (pred & ref).sum() / max(pred.sum() + ref.sum(), 1))
+
+
 def validate_boxes(boxes, shape: tuple[int, int], field: str = "boxes") -> np.ndarray:
     """Check boxes are ``[x0, y0, x1, y1]``, ordered, non-degenerate and overlap the image; clip to it."""
     height, width = shape

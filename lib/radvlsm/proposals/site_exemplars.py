@@ -46,12 +46,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from radvlsm.aggregation import aggregate
-from radvlsm.geometry import mask_to_box
+from radvlsm.geometry import mask_dice
 from radvlsm.io import Image2D
 from radvlsm.paired import paired_bootstrap
 from radvlsm.predictor import Encoded
 from radvlsm.proposals.base import DEFAULT_TOP_K, BoxProposer, Candidate, Proposal
-from radvlsm.proposals.boxes import box_iou
 from radvlsm.proposals.phrases import DEFAULT_PHRASE
 from radvlsm.proposals.template import TemplateProposer, patch_features
 
@@ -76,13 +75,6 @@ class Reliability:
     def describe(self) -> str:
         return (f"fused-mask Dice on the last {self.scored} labels: text {self.text:.2f}, exemplars {self.bank:.2f} "
                 f"(text gain 90 % lower bound {self.lower:+.2f})")
-
-
-def top1_iou(proposal: Proposal, mask: np.ndarray) -> float:
-    """IoU of the first candidate box with the labelled lesion's box; 0 when nothing is proposed."""
-    if not proposal.candidates:
-        return 0.0
-    return float(box_iou(np.array(proposal.candidates[0].box), np.array(mask_to_box(mask)))[0, 0])
 
 
 @dataclass
@@ -126,7 +118,7 @@ class SiteExemplars:
         pred = np.zeros(mask.shape, bool)
         for lesion in lesions:
             pred |= lesion.mask
-        return float(2 * (pred & mask).sum() / max(pred.sum() + mask.sum(), 1))
+        return mask_dice(pred, mask)
 
     def learn(self, case_id: str, image: Image2D, mask: np.ndarray, text: BoxProposer | None = None,
               phrase: str = DEFAULT_PHRASE) -> bool:
@@ -135,12 +127,15 @@ class SiteExemplars:
         changed = self.add(case_id, image, mask)
         if changed and text is not None:
             self.score(case_id, image, mask, text, phrase)
+        elif changed:
+            self.rescore()
         return changed
 
     def add(self, case_id: str, image: Image2D, mask: np.ndarray) -> bool:
-        """The label joins the bank (one encode: cheap enough for a label save). A label already learned with the
-        same mask is a no-op (several tasks hear of each save); a lesion-free label teaches the bank nothing and
-        takes an emptied label out of it and the record. Returns whether the bank changed."""
+        """The label joins the bank (one encode: cheap enough for a label save; the record is not rescored here, see
+        :meth:`score` and :meth:`rescore`). A label already learned with the same mask is a no-op (several tasks
+        hear of each save); a lesion-free label teaches the bank nothing and takes an emptied label out of it and
+        the record. Returns whether the bank changed."""
         mask = _checked(image, mask)
         digest = _digest(mask)
         with self._learning:
@@ -151,7 +146,6 @@ class SiteExemplars:
             if not mask.any():
                 if case_id in self.bank.ids:
                     self.bank.remove_exemplar(case_id)  # the clinician emptied the label
-                    self._rescore_bank()
                     return True
                 return False
             if len(self.bank) >= self.bank.max_exemplars and case_id not in self.bank.ids:
@@ -159,28 +153,32 @@ class SiteExemplars:
                 logger.info(f"site exemplars: the bank is full ({self.bank.max_exemplars}); {oldest} makes room")
                 self.bank.remove_exemplar(oldest)
             self.bank.add_exemplar(case_id, image, mask)
-            self._rescore_bank()
             return True
 
     def score(self, case_id: str, image: Image2D, mask: np.ndarray, text: BoxProposer,
               phrase: str = DEFAULT_PHRASE) -> None:
         """Record the text proposer's fused-mask Dice on this lesion label (the version served now, where it
         looks), then rescore the bank leave-one-out where what it retrieves changed. Seconds on a CPU: the server
-        runs it after the save has answered. A label changed since it was added is skipped (its newer version
-        is scored in turn)."""
+        runs it after the save has answered. A label changed or emptied since it was added is not recorded (its
+        newer version is scored in turn); the bank is rescored either way."""
         mask = _checked(image, mask)
         with self._learning:
-            if self._learned.get(case_id) != _digest(mask) or not mask.any():
-                return
-            enc = self.bank.predictor.encode(image)
-            # where the text proposer looks, whatever its presence decision (that one is not arbitrated)
-            locate = getattr(text, "locate", text.propose)
-            proposal = locate(image, phrase, top_k=DEFAULT_TOP_K, encoded=enc)
-            scored = _Scored(case_id, weights_of(text, proposal.version), self.fused_dice(proposal, enc, mask), enc,
-                             proposal.heatmap, mask)
-            self._drop_score(case_id)
-            with self._lock:
-                self._scores.append(scored)
+            if self._learned.get(case_id) == _digest(mask) and mask.any():
+                enc = self.bank.predictor.encode(image)
+                # where the text proposer looks, whatever its presence decision (that one is not arbitrated)
+                locate = getattr(text, "locate", text.propose)
+                proposal = locate(image, phrase, top_k=DEFAULT_TOP_K, encoded=enc)
+                scored = _Scored(case_id, weights_of(text, proposal.version), self.fused_dice(proposal, enc, mask),
+                                 enc, proposal.heatmap, mask)
+                self._drop_score(case_id)
+                with self._lock:
+                    self._scores.append(scored)
+            self._rescore_bank()
+
+    def rescore(self) -> None:
+        """The bank rescored on the record's labels after it changed without a new score (an emptied label, a
+        label learned with no text proposer to score)."""
+        with self._learning:
             self._rescore_bank()
 
     def _drop_score(self, case_id: str) -> None:

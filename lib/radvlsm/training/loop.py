@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from radvlsm.geometry import mask_dice
 from radvlsm.training.data import Item, error_click, jitter_box
 from radvlsm.training.proposer import ProposerConfig
 from radvlsm.versions import PARTS
@@ -328,5 +329,5 @@ def evaluate(model: PromptDecoder, items: list[Item], img_size: int) -> list[flo
         logits, _ = model(emb, boxes)
         # mapped to the image exactly as the predictor serves it
         pred = (item.frame.check(img_size).logits_to_image(logits[:, None])[:, 0] > 0).any(0).numpy()
-        scores.append(float(2 * (pred & item.mask).sum() / max(pred.sum() + item.mask.sum(), 1)))
+        scores.append(mask_dice(pred, item.mask))
     return scores
