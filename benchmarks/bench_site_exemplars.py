@@ -17,6 +17,10 @@ share of lesion-free images given a lesion:
 Sites: BUS-UCLM held-back patients (start ``model/qformer_lite_xsite``, which never saw it; exemplars = the first
 N lesion images of the site-adaptation pool, its seeded order) and BUS-BRA fold 5 (in-domain, default checkpoint;
 exemplars from folds 1-4, seeded): all of BUS-UCLM's held-back images, the first ``--eval`` of BUS-BRA fold 5.
+
+``--draws K`` repeats each bank size with K seeded draws of the exemplars (seed 0 is the single draw's), the rules
+``text`` (once) and ``shipped`` only, the site's phrase only: how often a few labels hand the candidates to the bank
+and what that costs or gains (the rule decides on 5 labels; one draw says little about it).
 """
 
 from __future__ import annotations
@@ -58,15 +62,15 @@ class ExemplarsFirst:
         return Proposal(bp.candidates + half, tp.match_score, bp.heatmap, self.name)
 
 
-def cases(site: str) -> tuple[list, list, str, Path | None]:
+def cases(site: str, seed: int = 0) -> tuple[list, list, str, Path | None]:
     """``(exemplar pool in order, test cases (image, mask, id, has lesion), phrase, start checkpoint)``."""
     if site == "uclm":
         pool, test, phrase, start = site_cases("uclm")
         pool = sorted(pool, key=lambda c: c[2])
-        random.Random(0).shuffle(pool)
+        random.Random(seed).shuffle(pool)
         return [c for c in pool[:150] if c[3]], test, phrase, start
     train = busbra({1, 2, 3, 4})
-    random.Random(0).shuffle(train)
+    random.Random(seed).shuffle(train)
     return train, [(*c, True) for c in busbra({5})], "breast lesion", None
 
 
@@ -75,10 +79,13 @@ def main() -> None:
     ap.add_argument("--sites", nargs="+", default=["uclm", "busbra"], choices=["uclm", "busbra"])
     ap.add_argument("--exemplars", type=int, nargs="+", default=[10])
     ap.add_argument("--eval", type=int, default=80, help="first N images of BUS-BRA fold 5 (0: all)")
+    ap.add_argument("--draws", type=int, default=1, help="seeded draws of the exemplars per bank size")
     args = ap.parse_args()
-    print("| site | exemplars | rule | phrase | lesion images | text Dice | lesion-free images given a lesion | "
+    print("| site | exemplars | draw | rule | phrase | lesion images | text Dice | lesion-free images given a lesion | "
+          "source reliability (text / exemplars) |" if args.draws > 1 else
+          "| site | exemplars | rule | phrase | lesion images | text Dice | lesion-free images given a lesion | "
           "source reliability (text / exemplars) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if args.draws > 1 else ""))
     for site in args.sites:
         pool, test, phrase, start = cases(site)
         test = test[: args.eval] if args.eval and site == "busbra" else test
@@ -87,33 +94,43 @@ def main() -> None:
             image = load_image(img_path)
             data.append((image, load_mask(mask_path, image.shape) > 0, has_lesion))
         for n in args.exemplars:
-            # the served stack (encoder runtime auto, shipped decoder, no diagnosis) from the site's start
-            # checkpoint, with the site's exemplars (a bank of 200 at most, empty: a new stack per bank size)
-            stack = stack_for(runtime="auto", disk_cache=DISK_CACHE, qformer_checkpoint=str(start) if start else None,
-                              site_exemplars=True, text="lesion", template_exemplars=200)
-            text, bank, shipped = stack.text_proposer, stack.site.bank, stack.proposer
-            for img_path, mask_path, case_id, *_ in pool[:n]:
-                image = load_image(img_path)
-                shipped.learn(case_id, image, load_mask(mask_path, image.shape) > 0)
-            rel = shipped.site.reliability()
-            proposers = {"text": text, "exemplars": bank, "exemplars-first": ExemplarsFirst(text, bank),
-                         "shipped": shipped}
-            for rule in RULES:
-                for p in dict.fromkeys([phrase, "lesion"] if rule != "exemplars" else [phrase]):  # bank: no text
-                    pipeline = stack.pipeline if rule == "shipped" else stack.pipeline_over(proposers[rule])
-                    d, fp = [], []
-                    for image, gt, has_lesion in data:
-                        res = pipeline.run(image, PipelineOptions(text=p, diagnose=False))
-                        if has_lesion:
-                            d.append(dice(res.label > 0, gt))
-                        else:
-                            fp.append(bool(res.lesions))
-                    fp_s = f"{np.mean(fp):.1%} of {len(fp)}" if fp else "-"
-                    rel_s = (f"{rel.text:.3f} / {rel.bank:.3f} ({rel.scored} labels, lower {rel.lower:+.3f})"
-                             if rel else "-")
-                    print(f"| {site} | {n} | {rule} | {p} | {len(d)} | {np.mean(d):.4f} | {fp_s} | {rel_s} |",
-                          flush=True)
+            for draw in range(args.draws):
+                exemplars = cases(site, draw)[0][:n] if draw else pool[:n]
+                run_bank(args, site, n, draw, exemplars, data, phrase, start)
 
+
+def run_bank(args, site: str, n: int, draw: int, exemplars: list, data: list, phrase: str,
+             start: Path | None) -> None:
+    """Learn ``exemplars`` into a fresh served stack and print each rule's text Dice on ``data``."""
+    # the served stack (encoder runtime auto, shipped decoder, no diagnosis) from the site's start
+    # checkpoint, with the site's exemplars (a bank of 200 at most, empty: a new stack per bank)
+    stack = stack_for(runtime="auto", disk_cache=DISK_CACHE, qformer_checkpoint=str(start) if start else None,
+                      site_exemplars=True, text="lesion", template_exemplars=200)
+    text, bank, shipped = stack.text_proposer, stack.site.bank, stack.proposer
+    for img_path, mask_path, case_id, *_ in exemplars:
+        image = load_image(img_path)
+        shipped.learn(case_id, image, load_mask(mask_path, image.shape) > 0)
+    rel = shipped.site.reliability()
+    proposers = {"text": text, "exemplars": bank, "exemplars-first": ExemplarsFirst(text, bank),
+                 "shipped": shipped}
+    rules = RULES if args.draws == 1 else (("text", "shipped") if draw == 0 else ("shipped",))
+    for rule in rules:
+        phrases = [phrase] if rule == "exemplars" or args.draws > 1 else [phrase, "lesion"]  # bank: no text
+        for p in dict.fromkeys(phrases):
+            pipeline = stack.pipeline if rule == "shipped" else stack.pipeline_over(proposers[rule])
+            d, fp = [], []
+            for image, gt, has_lesion in data:
+                res = pipeline.run(image, PipelineOptions(text=p, diagnose=False))
+                if has_lesion:
+                    d.append(dice(res.label > 0, gt))
+                else:
+                    fp.append(bool(res.lesions))
+            fp_s = f"{np.mean(fp):.1%} of {len(fp)}" if fp else "-"
+            rel_s = (f"{rel.text:.3f} / {rel.bank:.3f} ({rel.scored} labels, lower {rel.lower:+.3f})"
+                     if rel else "-")
+            draw_s = f" {draw} |" if args.draws > 1 else ""
+            print(f"| {site} | {n} |{draw_s} {rule} | {p} | {len(d)} | {np.mean(d):.4f} | {fp_s} | {rel_s} |",
+                  flush=True)
 
 if __name__ == "__main__":
     main()
