@@ -75,3 +75,24 @@ def test_clicks_go_to_the_box_they_fall_in():
     boxes = np.array([[0, 0, 100, 100], [40, 40, 60, 60], [200, 200, 300, 300]], np.float32)
     points = np.array([[50, 50], [10, 10], [250, 250], [190, 190]], np.float32)
     np.testing.assert_array_equal(assign_points_to_boxes(points, boxes), [1, 0, 2, 2])
+
+
+def test_an_embedding_kept_on_disk_is_read_by_another_predictor_for_a_while(lite, tmp_path):
+    """The server keeps its labelled images' embeddings; a training run (another process: another predictor) reads
+    them instead of encoding, and only while it runs."""
+    case = "bus_0075-r"
+    img = load_image(SAMPLES / "images" / f"{case}.png")
+    enc = lite.encode(img)
+    lite.persist(img, enc, tmp_path)
+    assert lite.disk_cache is None  # keeping one embedding does not turn the disk cache on
+    trainer = SegmentPredictor(lite.backbone)
+    with trainer.using_disk_cache(tmp_path):
+        read = trainer.encode(img)
+        assert read.encode_ms == 0 and not read.cache_hit  # from the disk, not encoded
+        assert torch.equal(read.embedding, enc.embedding.half().float())
+        other = load_image(SAMPLES / "images" / "bus_1033-r.png")
+        assert trainer.encode(other).encode_ms > 0  # encoded, and kept for the next run
+    assert trainer.disk_cache is None and len(list(tmp_path.rglob("*.pt"))) == 2
+    own = SegmentPredictor(lite.backbone, disk_cache=str(tmp_path / "own"))
+    with own.using_disk_cache(tmp_path):
+        assert own.disk_cache == tmp_path / "own"  # a configured disk cache stays the one used

@@ -135,6 +135,14 @@ def test_train_publishes_and_infer_uses_it_live(srv):
     assert stats["served_version"] == "v0001" and stats["val_ids"] == ["bus_0017-s"]
     assert stats["with_pathology"] == 4 and len(stats["losses"]) == 1
     assert (store_dir(srv) / "v0001.pt").is_file() and (store_dir(srv) / "current").read_text().strip() == "v0001"
+    # the server kept the labelled images' embeddings when they were saved: the run (a process of its own) read
+    # them instead of encoding the images again
+    kept = list((srv.studies / ".radvlsm" / "trained" / "embeddings").rglob("*.pt"))
+    assert len(kept) == len(LABELLED) + 1, kept
+    prepared = re.findall(r"training: (\d+) images encoded, (\d+) embeddings read from the disk cache",
+                          srv.log.read_text())
+    assert prepared and all(int(enc) == 0 for enc, _ in prepared), prepared
+    assert sum(int(read) for _, read in prepared) >= len(LABELLED) + 1, prepared
 
     # the proposer's heads were fine-tuned in the same run and gated on their own (held-back top-1 box IoU)
     assert stats["proposer"]["published"] and stats["proposer_served_version"] == "v0001", stats["proposer"]

@@ -109,8 +109,14 @@ class RadVLSMApp(MONAILabelApp):
         return meta
 
     def on_init_complete(self):
-        """``/docs`` and ``/openapi.json`` describe each task's parameters and result JSON (lib/server/openapi.py)."""
+        """Only the serving process gets here (MONAI Label's lifespan; its train, scoring and batch subprocesses build
+        the app but serve nothing): the tasks learn the final labels already saved (the site's exemplars, in the
+        background), and ``/docs`` and ``/openapi.json`` describe each task's parameters and result JSON
+        (lib/server/openapi.py)."""
         super().on_init_complete()
+        for config in self.task_configs.values():
+            if hasattr(config, "on_datastore"):
+                config.on_datastore(self._datastore)
         server = sys.modules.get("monailabel.app")  # only inside `monailabel start_server`
         if server is not None:
             from lib.server.openapi import install_openapi
@@ -129,8 +135,6 @@ class RadVLSMApp(MONAILabelApp):
             except CheckpointError as exc:
                 raise SystemExit(f"radvlsm: cannot start task '{name}': {exc}") from exc
             infers.update(task if isinstance(task, dict) else {name: task})
-            if hasattr(config, "on_datastore"):
-                config.on_datastore(self._datastore)
         return infers
 
     def init_trainers(self) -> dict[str, TrainTask]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,11 +153,26 @@ class SegmentPredictor:
     def cache_key(self, image: Image2D) -> tuple[str, str, str, str]:
         return image.digest, self.backbone.name, self.backbone.version, self.runtime.name
 
-    def _disk_path(self, image: Image2D) -> Path | None:
-        if self.disk_cache is None:
+    def _disk_path(self, image: Image2D, root: Path | None = None) -> Path | None:
+        root = root if root is not None else self.disk_cache
+        if root is None:
             return None
         suffix = "" if self.runtime.name == "eager" else f"-{self.runtime.name}"
-        return self.disk_cache / f"{self.backbone.name}-{self.backbone.version}{suffix}" / f"{image.digest}.pt"
+        return root / f"{self.backbone.name}-{self.backbone.version}{suffix}" / f"{image.digest}.pt"
+
+    @contextmanager
+    def using_disk_cache(self, root: str | Path | None) -> Iterator[None]:
+        """Read and fill the disk cache under ``root`` for a while (a training run: the labelled images' embeddings
+        the server kept, :meth:`persist`), unless one is configured already. Not for a predictor other threads
+        encode with meanwhile: they would write there too."""
+        if self.disk_cache is not None or root is None:
+            yield
+            return
+        self.disk_cache = Path(root).expanduser()
+        try:
+            yield
+        finally:
+            self.disk_cache = None
 
     def _encode_now(self, image: Image2D) -> Encoded:
         path = self._disk_path(image)
@@ -167,9 +184,9 @@ class SegmentPredictor:
         self.persist(image, enc)
         return enc
 
-    def persist(self, image: Image2D, enc: Encoded) -> None:
-        """Store an embedding in the disk cache (fp16, atomic write), if one is configured."""
-        path = self._disk_path(image)
+    def persist(self, image: Image2D, enc: Encoded, root: str | Path | None = None) -> None:
+        """Store an embedding in the disk cache (fp16, atomic write), if one is configured, or under ``root``."""
+        path = self._disk_path(image, Path(root).expanduser() if root is not None else None)
         if path is None or path.exists():
             return
         payload = {"embedding": enc.embedding.half().cpu(), "original_size": enc.original_size,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from radvlsm.defaults import DEFAULT_PHRASE
-from radvlsm.versions.locations import decoder_store, head_store, proposer_store
+from radvlsm.versions.locations import decoder_store, head_store, labelled_embeddings_dir, proposer_store
 
 if TYPE_CHECKING:
     from radvlsm.diagnosis.head import Diagnoser
@@ -156,6 +156,11 @@ class Stack:
     def head_store(self) -> HeadStore | None:
         s = self.settings
         return head_store(s.trained_dir, s.backbone) if s.trained_dir else None
+
+    @property
+    def labelled_embeddings(self) -> Path | None:
+        """Where the server keeps its labelled images' embeddings for training runs (None without ``trained_dir``)."""
+        return labelled_embeddings_dir(self.settings.trained_dir) if self.settings.trained_dir else None
 
     # -- the parts --------------------------------------------------------------------------------------------------
     @property

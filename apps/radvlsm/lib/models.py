@@ -7,6 +7,7 @@ import atexit
 import logging
 import queue
 import threading
+from pathlib import Path
 
 from radvlsm.defaults import DEFAULT_PHRASE
 from radvlsm.io import load_image, load_mask
@@ -29,26 +30,39 @@ def shared_stack(conf: dict[str, str], model_dir: str) -> Stack:
         return _stacks[settings]
 
 
-def learn_final_label(site: SiteExemplars, datastore, image_id: str, text=None, phrase: str = DEFAULT_PHRASE) -> None:
+def learn_final_label(site: SiteExemplars, datastore, image_id: str, text=None, phrase: str = DEFAULT_PHRASE,
+                      keep: Path | None = None) -> None:
     """A saved final label joins the site's exemplars at once (one encode). With ``text`` (the served text
     proposer) it is then scored against both sources, which decodes a few masks per recent label (seconds on a
-    CPU): that runs on the site's learning thread, in saving order, so the save answers first. A bad stored label
-    must not break saving or serving, so it is logged and skipped."""
+    CPU): that runs on the site's learning thread, in saving order, so the save answers first. With ``keep``
+    the image's embedding is written there (:attr:`radvlsm.stack.Stack.labelled_embeddings`): the next training
+    run, a process of its own, reads it instead of encoding the image again. A bad stored label must not break
+    saving or serving, so it is logged and skipped."""
     loaded = _load(datastore, image_id)
     if loaded is None:
         return
     image, mask = loaded
     try:
-        if site.add(image_id, image, mask) and text is not None:
+        changed = site.add(image_id, image, mask)
+        _keep_embedding(site, image, keep)
+        if changed and text is not None:
             _learner.submit(_score, site, image_id, image, mask, text, phrase)
     except Exception as exc:
         logger.warning(f"site exemplars: skipped {image_id}: {exc}")
 
 
-def learn_saved_labels(site: SiteExemplars, datastore, text=None, phrase: str = DEFAULT_PHRASE) -> None:
-    """At start-up: the final labels already saved, on the site's learning thread (each is encoded)."""
+def learn_saved_labels(site: SiteExemplars, datastore, text=None, phrase: str = DEFAULT_PHRASE,
+                       keep: Path | None = None) -> None:
+    """At start-up of the server (not of its training subprocesses, which build the app too but serve nothing):
+    the final labels already saved, on the site's learning thread (each is encoded)."""
     for image_id in sorted(datastore.get_labeled_images(label_tag="final")):
-        _learner.submit(_learn, site, datastore, image_id, text, phrase)
+        _learner.submit(_learn, site, datastore, image_id, text, phrase, keep)
+
+
+def _keep_embedding(site: SiteExemplars, image, keep: Path | None) -> None:
+    if keep is not None:
+        predictor = site.bank.predictor
+        predictor.persist(image, predictor.encode(image), keep)  # the bank just encoded it: a memory-cache hit
 
 
 def _load(datastore, image_id: str):
@@ -106,12 +120,13 @@ class _Learner:
 _learner = _Learner()
 
 
-def _learn(site: SiteExemplars, datastore, image_id: str, text, phrase: str) -> None:
+def _learn(site: SiteExemplars, datastore, image_id: str, text, phrase: str, keep: Path | None) -> None:
     loaded = _load(datastore, image_id)
     if loaded is None:
         return
     try:
         site.learn(image_id, *loaded, text, phrase)
+        _keep_embedding(site, loaded[0], keep)
     except Exception as exc:
         logger.warning(f"site exemplars: skipped {image_id}: {exc}")
 

@@ -134,7 +134,7 @@ def prepare(samples: list[TrainSample], predictor, max_lesions: int = 3,
     preprocessed image when encoder adapters are trained."""
     from radvlsm.predictor import preprocess
 
-    items = []
+    items, encoded, from_disk = [], 0, 0
     for s in samples:
         image, mask = s.load()
         comps = lesion_components(mask)[:max_lesions]
@@ -142,6 +142,8 @@ def prepare(samples: list[TrainSample], predictor, max_lesions: int = 3,
             logger.warning(f"training: {s.sample_id} has an empty label; skipped")
             continue
         enc = predictor.encode(image)
+        if not enc.cache_hit:  # a disk-cache read reports no encode time
+            encoded, from_disk = encoded + (enc.encode_ms > 0), from_disk + (enc.encode_ms == 0)
         frame = enc.frame  # the served frame: the boxes and targets of training are built in it
         lesions = [(frame.boxes_to_model(np.array(mask_to_box(c), np.float32))[0], c) for c in comps]
         item = Item(s.sample_id, enc.embedding.detach().to("cpu", torch.float16), enc.original_size,
@@ -153,6 +155,8 @@ def prepare(samples: list[TrainSample], predictor, max_lesions: int = 3,
             with torch.inference_mode():
                 item.features = features(x.to(predictor.device)).to("cpu", torch.float16)
         items.append(item)
+    if encoded or from_disk:
+        logger.info(f"training: {encoded} images encoded, {from_disk} embeddings read from the disk cache")
     return items
 
 

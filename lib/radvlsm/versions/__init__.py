@@ -6,7 +6,13 @@ Serving only reads these; :mod:`radvlsm.training` publishes into them. Nothing h
 (or torch, until a ``.pt`` payload is read or written).
 """
 
-from radvlsm.versions.locations import decoder_store, default_trained_dir, head_store, proposer_store
+from radvlsm.versions.locations import (
+    decoder_store,
+    default_trained_dir,
+    head_store,
+    labelled_embeddings_dir,
+    proposer_store,
+)
 from radvlsm.versions.store import (
     ENCODER,
     PARTS,
@@ -23,4 +29,4 @@ from radvlsm.versions.watcher import DecoderWatcher, ModuleWatcher, Watcher
 
 __all__ = ["ENCODER", "PARTS", "SHIPPED", "DecoderStore", "DecoderWatcher", "HeadStore", "ModuleWatcher",
            "ProposerStore", "TrainingBusy", "Watcher", "atomic_write_bytes", "atomic_write_json", "decoder_state",
-           "decoder_store", "default_trained_dir", "head_store", "proposer_store"]
+           "decoder_store", "default_trained_dir", "head_store", "labelled_embeddings_dir", "proposer_store"]

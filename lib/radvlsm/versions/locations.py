@@ -19,6 +19,12 @@ def default_trained_dir(studies: str, app_dir: str) -> str:
     return os.path.join(app_dir, "model", "trained")
 
 
+def labelled_embeddings_dir(trained_dir: str | Path) -> Path:
+    """Where the server keeps the embeddings of images with a final label (``<trained_dir>/embeddings``), so a
+    training run, a process of its own, does not encode them again. Derived data: safe to delete."""
+    return Path(trained_dir) / "embeddings"
+
+
 def decoder_store(trained_dir: str | Path, backbone: str) -> DecoderStore:
     """One store per backbone: ``<trained_dir>/<backbone>/sam_decoder``."""
     return DecoderStore(Path(trained_dir) / backbone / "sam_decoder")

@@ -40,7 +40,9 @@ class BoxProposalConfig(TaskConfig):
 
     def on_datastore(self, datastore) -> None:
         """Seed the site's exemplars with the final labels already saved (in the background: each is encoded)."""
-        learn_saved_labels(self.stack.site, datastore, self._scorer(), self.stack.settings.text)
+        learn_saved_labels(self.stack.site, datastore, self._scorer(), self.stack.settings.text,
+                           keep=self.stack.labelled_embeddings)
 
     def on_save_label(self, datastore, image_id: str) -> None:
-        learn_final_label(self.stack.site, datastore, image_id, self._scorer(), self.stack.settings.text)
+        learn_final_label(self.stack.site, datastore, image_id, self._scorer(), self.stack.settings.text,
+                          keep=self.stack.labelled_embeddings)

@@ -36,18 +36,20 @@ class RadVLSMConfig(TaskConfig):
         stack = self.stack
         return RadVLSMTrain(stack.predictor, stack.decoder_store, stack.text_proposer, stack.proposer_store,
                             stack.settings.text, pseudo_store(stack.settings.trained_dir, stack.settings.backbone),
-                            site_phrases=stack.settings.site_phrases)
+                            site_phrases=stack.settings.site_phrases, embeddings=stack.labelled_embeddings)
 
     def on_datastore(self, datastore) -> None:
         stack = self.stack
         if stack.settings.site_exemplars:
-            learn_saved_labels(stack.site, datastore, stack.text_proposer, stack.settings.text)
+            learn_saved_labels(stack.site, datastore, stack.text_proposer, stack.settings.text,
+                               keep=stack.labelled_embeddings)
 
     def on_save_label(self, datastore, image_id: str) -> None:
         """A saved final label joins the site's exemplars at once (no training needed)."""
         stack = self.stack
         if stack.settings.site_exemplars:
-            learn_final_label(stack.site, datastore, image_id, stack.text_proposer, stack.settings.text)
+            learn_final_label(stack.site, datastore, image_id, stack.text_proposer, stack.settings.text,
+                              keep=stack.labelled_embeddings)
 
     def scoring_method(self):
         from lib.activelearning import UncertaintyScoring
@@ -63,7 +65,7 @@ class DiagnosisConfig(RadVLSMConfig):
         """``/train/diagnosis``: recalibrates the shared diagnosis head on final labels with a pathology."""
         from lib.trainers.diagnosis import DiagnosisTrain
 
-        return DiagnosisTrain(lambda: self.pipeline, self.stack.head_store)
+        return DiagnosisTrain(lambda: self.pipeline, self.stack.head_store, self.stack.labelled_embeddings)
 
     def scoring_method(self):
         return None

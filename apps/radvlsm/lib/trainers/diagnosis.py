@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
@@ -25,10 +26,11 @@ DESCRIPTION = ("Recalibrate the diagnosis head's fusion layer on final labels sa
 
 
 class DiagnosisTrain(TrainTask):
-    def __init__(self, pipeline: Callable[[], Any], store: HeadStore):
+    def __init__(self, pipeline: Callable[[], Any], store: HeadStore, embeddings: Path | None = None):
         super().__init__(DESCRIPTION)
         self.pipeline = pipeline
         self.store = store
+        self.embeddings = embeddings  # the labelled images' embeddings the server kept
 
     def config(self) -> dict[str, Any]:
         return {"strength": 5.0, "tolerance": 0.0, "max_images": 0}
@@ -58,15 +60,16 @@ class DiagnosisTrain(TrainTask):
                 samples = [s for s in samples_from_datastore(datastore) if s.pathology and s.slice is None][:limit]
                 self.store.write_stats({"status": "running", "started": start, "images": len(samples)})
                 lesions, skipped = [], []
-                for s in samples:
-                    image, mask = s.load()
-                    parts = lesion_components(mask)
-                    logits = branch_logits(diagnoser, image, parts[0], pipeline.predictor.encode(image)) if parts \
-                        else None
-                    if logits is None:
-                        skipped.append(s.image_id)
-                        continue
-                    lesions.append(LabelledLesion(s.image_id, *logits, s.pathology == "malignant"))
+                with pipeline.predictor.using_disk_cache(self.embeddings):  # a run is a process of its own
+                    for s in samples:
+                        image, mask = s.load()
+                        parts = lesion_components(mask)
+                        logits = branch_logits(diagnoser, image, parts[0], pipeline.predictor.encode(image)) \
+                            if parts else None
+                        if logits is None:
+                            skipped.append(s.image_id)
+                            continue
+                        lesions.append(LabelledLesion(s.image_id, *logits, s.pathology == "malignant"))
                 res = recalibrate(diagnoser.head, lesions, self.store, strength, tolerance, base_version=base)
             out = {"status": "done", "task": "diagnosis", **res.to_json(), "skipped": skipped,
                    "seconds": round(time.time() - start, 1), "served_version": self.store.current()}

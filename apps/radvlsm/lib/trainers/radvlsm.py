@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -57,8 +58,10 @@ def _alive(pid: Any) -> bool:
 class RadVLSMTrain(TrainTask):
     def __init__(self, predictor: SegmentPredictor, store: DecoderStore, proposer=None,
                  proposer_store: ProposerStore | None = None, text: str = DEFAULT_PHRASE,
-                 pseudo_store: PseudoLabelStore | None = None, site_phrases: tuple[str, ...] = ()):
+                 pseudo_store: PseudoLabelStore | None = None, site_phrases: tuple[str, ...] = (),
+                 embeddings: Path | None = None):
         super().__init__(DESCRIPTION)
+        self.embeddings = embeddings  # the labelled images' embeddings the server kept (read, and filled, by a run)
         self.site_phrases = list(site_phrases)  # --conf site_phrases: the default of proposer_phrases
         self.predictor = predictor
         self.store = store
@@ -125,8 +128,10 @@ class RadVLSMTrain(TrainTask):
                 out = launch(self.predictor, samples, self.store, cfg, world_size=gpus)
                 out["proposer_note"] = "the proposer is not fine-tuned under multi_gpu; run once without it"
                 return out
-            return fine_tune(self.predictor, samples, self.store, cfg, proposer=self.proposer,
-                             proposer_store=self.proposer_store, text=self.text,
-                             pseudo=self.pseudo_labels(cfg, samples, datastore)).to_json()
+            # a run is a process of its own (MONAI Label's train subprocess): nothing else encodes with its predictor
+            with self.predictor.using_disk_cache(self.embeddings):
+                return fine_tune(self.predictor, samples, self.store, cfg, proposer=self.proposer,
+                                 proposer_store=self.proposer_store, text=self.text,
+                                 pseudo=self.pseudo_labels(cfg, samples, datastore)).to_json()
         except (ValueError, TrainingBusy) as exc:
             raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"radvlsm training: {exc}") from exc
