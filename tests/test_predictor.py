@@ -93,6 +93,13 @@ def test_an_embedding_kept_on_disk_is_read_by_another_predictor_for_a_while(lite
         other = load_image(SAMPLES / "images" / "bus_1033-r.png")
         assert trainer.encode(other).encode_ms > 0  # encoded, and kept for the next run
     assert trainer.disk_cache is None and len(list(tmp_path.rglob("*.pt"))) == 2
+    # derived data: a file that cannot be read is encoded again (and rewritten), not a failed training run
+    kept = next(tmp_path.rglob(f"{img.digest}.pt"))
+    kept.write_bytes(b"truncated")
+    again = SegmentPredictor(lite.backbone)
+    with again.using_disk_cache(tmp_path):
+        assert again.encode(img).encode_ms > 0
+    assert torch.equal(torch.load(kept, weights_only=True)["embedding"], enc.embedding.half().cpu())
     own = SegmentPredictor(lite.backbone, disk_cache=str(tmp_path / "own"))
     with own.using_disk_cache(tmp_path):
         assert own.disk_cache == tmp_path / "own"  # a configured disk cache stays the one used

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from radvlsm.io import Image2D, atomic_write
 from radvlsm.models.registry import Backbone
 from radvlsm.runtimes import EncoderRuntime, build_runtime
 from radvlsm.versions.watcher import DecoderWatcher
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -177,9 +180,13 @@ class SegmentPredictor:
     def _encode_now(self, image: Image2D) -> Encoded:
         path = self._disk_path(image)
         if path is not None and path.exists():
-            d = torch.load(path, map_location=self.device, weights_only=True)
-            return Encoded(d["embedding"].float(), tuple(d["original_size"]), tuple(d["input_size"]), encode_ms=0.0,
-                           runtime=self.runtime.name)
+            try:
+                d = torch.load(path, map_location=self.device, weights_only=True)
+                return Encoded(d["embedding"].float(), tuple(d["original_size"]), tuple(d["input_size"]),
+                               encode_ms=0.0, runtime=self.runtime.name)
+            except Exception as exc:  # derived data: an unreadable file is encoded again, not a failed run
+                logger.warning(f"radvlsm: unreadable cached embedding {path} ({exc}); encoding the image again")
+                path.unlink(missing_ok=True)
         enc = self._encode_compute(image)
         self.persist(image, enc)
         return enc
