@@ -28,7 +28,6 @@ def lesion(case: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory) -> SegmentPredictor:
-    torch.set_num_threads(1)
     return SegmentPredictor(build_backbone("litemedsam"), disk_cache=str(tmp_path_factory.mktemp("emb")))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from radvlsm.geometry import mask_to_box
 from radvlsm.io import load_image
@@ -68,7 +67,6 @@ class CornerProposer:
 
 @pytest.fixture(scope="module")
 def predictor() -> SegmentPredictor:
-    torch.set_num_threads(1)
     return SegmentPredictor(build_backbone("litemedsam"))
 
 

@@ -24,7 +24,6 @@ QUERIES = ["bus_0017-s", "bus_0083-r", "bus_0263-l"]
 
 @pytest.fixture(scope="module")
 def predictor() -> SegmentPredictor:
-    torch.set_num_threads(1)
     return SegmentPredictor(build_backbone("litemedsam"))
 
 
