@@ -32,8 +32,10 @@ Only scores of the text proposer's **served weights** count: after a fine-tune i
 again; a version that only recalibrated the presence threshold serves the same weights and keeps the record
 (``weights_of``).
 
-The server runs it by default (``--conf site_exemplars false`` turns it off): measured neutral in domain (BUS-BRA
-fold 5 with 5, 10 and 25 exemplars) and +5 to +10 text Dice points at BUS-UCLM.
+The server runs it by default (``--conf site_exemplars false`` turns it off): +5 to +10 text Dice points at
+BUS-UCLM; in domain (BUS-BRA fold 5) neutral on one draw of 5, 10 and 25 exemplars, but 2 of 8 draws of 5 (and of
+10) labels hand the candidates to the bank and lose 11-24 points (``bench_site_exemplars.py --draws``): the record
+on a few labels is noisy, see the README.
 """
 
 from __future__ import annotations
