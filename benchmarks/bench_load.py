@@ -40,7 +40,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from radvlsm.geometry import mask_to_box  # noqa: E402
+from radvlsm.geometry import mask_dice, mask_to_box  # noqa: E402
 from radvlsm.io import load_mask  # noqa: E402
 from tests.conftest import SAMPLES, start_server, stop_server  # noqa: E402
 
@@ -49,10 +49,6 @@ CASES = sorted(p.stem for p in (SAMPLES / "images").glob("*.png"))
 
 def reference(case: str) -> np.ndarray:
     return load_mask(SAMPLES / "reference" / f"{case}.png") > 0
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
 def request(url: str, task: str, case: str) -> tuple[float, dict, np.ndarray | None]:
@@ -111,7 +107,7 @@ def check(task: str, case: str, res: dict, mask, ref_answers: dict) -> str | Non
     if res.get("image_shape") != shape:
         return f"image_shape {res.get('image_shape')} != {shape}"
     if task == "sam":
-        d = dice(mask, reference(case)) if mask is not None and mask.shape == reference(case).shape else 0.0
+        d = mask_dice(mask, reference(case)) if mask is not None and mask.shape == reference(case).shape else 0.0
         if d < 0.5:
             return f"sam Dice with the image's reference {d:.3f} < 0.5"
     expected = ref_answers.get((task, case))

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from radvlsm.geometry import mask_dice
 from radvlsm.stack import Settings, Stack
 
 #: what the benchmarks measured before the stack: the backbone on the CPU, the eager encoder (unless a benchmark
@@ -29,7 +30,7 @@ def stack_for(**fields: Any) -> Stack:
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+    return mask_dice(a, b)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 
-from radvlsm.geometry import mask_to_box
+from radvlsm.geometry import mask_dice, mask_to_box
 from radvlsm.io import load_mask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,8 +25,7 @@ APP = ROOT / "apps" / "radvlsm"
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+    return mask_dice(np.asarray(a) > 0, np.asarray(b) > 0)
 
 
 def reference(sample_id: str) -> np.ndarray:
