@@ -43,12 +43,12 @@ def learn_final_label(site: SiteExemplars, datastore, image_id: str, text=None, 
         return
     image, mask = loaded
     try:
-        changed = site.add(image_id, image, mask)
-        _keep_embedding(site, image, keep)
-        if changed and text is not None:
+        if site.add(image_id, image, mask) and text is not None:
             _learner.submit(_score, site, image_id, image, mask, text, phrase)
     except Exception as exc:
         logger.warning(f"site exemplars: skipped {image_id}: {exc}")
+        return
+    _keep_embedding(site, image_id, image, keep)
 
 
 def learn_saved_labels(site: SiteExemplars, datastore, text=None, phrase: str = DEFAULT_PHRASE,
@@ -59,10 +59,15 @@ def learn_saved_labels(site: SiteExemplars, datastore, text=None, phrase: str = 
         _learner.submit(_learn, site, datastore, image_id, text, phrase, keep)
 
 
-def _keep_embedding(site: SiteExemplars, image, keep: Path | None) -> None:
-    if keep is not None:
-        predictor = site.bank.predictor
+def _keep_embedding(site: SiteExemplars, image_id: str, image, keep: Path | None) -> None:
+    """Derived data for the next training run: a failure (a full disk) is logged and costs that run one encode."""
+    if keep is None:
+        return
+    predictor = site.bank.predictor
+    try:
         predictor.persist(image, predictor.encode(image), keep)  # the bank just encoded it: a memory-cache hit
+    except Exception as exc:
+        logger.warning(f"radvlsm: could not keep the embedding of {image_id} in {keep}: {exc}")
 
 
 def _load(datastore, image_id: str):
@@ -126,9 +131,10 @@ def _learn(site: SiteExemplars, datastore, image_id: str, text, phrase: str, kee
         return
     try:
         site.learn(image_id, *loaded, text, phrase)
-        _keep_embedding(site, loaded[0], keep)
     except Exception as exc:
         logger.warning(f"site exemplars: skipped {image_id}: {exc}")
+        return
+    _keep_embedding(site, image_id, loaded[0], keep)
 
 
 def _score(site: SiteExemplars, image_id: str, image, mask, text, phrase: str) -> None:
