@@ -12,7 +12,10 @@ share of lesion-free images given a lesion:
   proposer's candidates at half weight (a fixed rule);
 * ``shipped``: :class:`radvlsm.proposals.site_exemplars.ExemplarAssistedProposer`, what the server runs: the bank's
   candidates unless the text proposer's record on the site's labels is better with confidence (printouts before
-  2026-12-03: the higher mean top-1 box IoU; since: fused-mask Dice, the column's last figure its lower bound).
+  2026-12-03: the higher mean top-1 box IoU; since: fused-mask Dice, the column's last figure its lower bound);
+  since session 13 the prior depends on the text proposer's median presence on the labels
+  (:func:`radvlsm.proposals.site_exemplars.text_places`; the column adds the bank's lower bound, the presence and
+  the source that places).
 
 Sites: BUS-UCLM held-back patients (start ``model/qformer_lite_xsite``, which never saw it; exemplars = the first
 N lesion images of the site-adaptation pool, its seeded order) and BUS-BRA fold 5 (in-domain, default checkpoint;
@@ -126,8 +129,9 @@ def run_bank(args, site: str, n: int, draw: int, exemplars: list, data: list, ph
                 else:
                     fp.append(bool(res.lesions))
             fp_s = f"{np.mean(fp):.1%} of {len(fp)}" if fp else "-"
-            rel_s = (f"{rel.text:.3f} / {rel.bank:.3f} ({rel.scored} labels, lower {rel.lower:+.3f})"
-                     if rel else "-")
+            rel_s = (f"{rel.text:.3f} / {rel.bank:.3f} ({rel.scored} labels, lower {rel.lower:+.3f}, exemplars' "
+                     f"{rel.bank_lower:+.3f}, presence {rel.match:.2f}: {'text' if rel.text_leads else 'exemplars'} "
+                     "place)" if rel else "-")
             draw_s = f" {draw} |" if args.draws > 1 else ""
             print(f"| {site} | {n} |{draw_s} {rule} | {p} | {len(d)} | {np.mean(d):.4f} | {fp_s} | {rel_s} |",
                   flush=True)

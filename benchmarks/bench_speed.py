@@ -126,7 +126,9 @@ def summarise_gates(rows: list[dict], names: list[str], cases: set[str]) -> dict
 
 
 def write_gates(backbone, dataset: str, summary: dict[str, dict], skipped: dict[str, str]) -> None:
-    """Merge this backbone/device's measured gates into gates.json (atomic write)."""
+    """Merge this run's gates into gates.json (atomic write): the rows of the runtimes it measured on this
+    backbone, checkpoint and device are replaced, others kept (each row carries the eager median it was timed
+    against, so a run of some runtimes leaves the others' verdicts as measured)."""
     try:
         doc = json.loads(GATES.read_text())
     except (OSError, ValueError):
@@ -134,7 +136,7 @@ def write_gates(backbone, dataset: str, summary: dict[str, dict], skipped: dict[
     device = backbone.device.type
     measured = [g for g in doc.get("measured", [])
                 if not (g["backbone"] == backbone.name and g["version"] == backbone.version
-                        and g["device"] == device)]
+                        and g["device"] == device and g["runtime"] in summary)]
     for n, s in summary.items():
         measured.append({"backbone": backbone.name, "version": backbone.version, "device": device, "runtime": n,
                          "dataset": dataset, **s})
@@ -144,7 +146,8 @@ def write_gates(backbone, dataset: str, summary: dict[str, dict], skipped: dict[
                    "closest to eager",
            "command": "python benchmarks/bench_speed.py --dice",
            "cpu": os.uname().machine + f", {os.cpu_count()} cores, torch {torch.__version__}",
-           "measured": measured, "not_supported_here": skipped}
+           "measured": measured, "not_supported_here": {
+               **{n: why for n, why in doc.get("not_supported_here", {}).items() if n not in summary}, **skipped}}
     tmp = GATES.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, GATES)

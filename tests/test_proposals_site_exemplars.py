@@ -239,18 +239,39 @@ def test_pipeline_mask_improves_with_the_sites_exemplars(assisted, predictor, im
     assert res[0].result["prompt_source"] == "corner+template"
 
 
-def test_a_text_proposer_better_only_on_average_leaves_the_candidates_to_the_exemplars(assisted, images,
-                                                                                        monkeypatch):
-    """The text proposer keeps the candidates only when better with confidence (BUS-UCLM after 25 random
-    corrections: text 0.58, bank 0.49 on the last 10 labels, lower bound -0.02, and the bank's candidates gave +10
-    points on the held-back patients)."""
-    from radvlsm.proposals.site_exemplars import Reliability
+def test_at_a_site_the_text_proposer_does_not_know_it_must_be_better_with_confidence(assisted, images,
+                                                                                     monkeypatch):
+    """BUS-UCLM after 25 random corrections: text 0.58, bank 0.49 on the last 10 labels, lower bound -0.02, the
+    cross-site proposer's presence on them ~0.2; the bank's candidates gave +10 points on the held-back patients."""
+    from radvlsm.proposals.site_exemplars import Reliability, text_places
 
-    record = Reliability(text=0.58, bank=0.49, scored=10, lower=-0.02, text_leads=False)
+    assert not text_places(0.2, -0.02, -0.15)
+    record = Reliability(text=0.58, bank=0.49, scored=10, lower=-0.02, text_leads=False, match=0.2,
+                         bank_lower=-0.15)
     monkeypatch.setattr(assisted.site, "reliability", lambda version=None: record)
     p = assisted.propose(images[QUERIES[0]], "breast lesion")
     assert p.backend == "corner+template" and all(c.extra["source"] == "site_exemplars" for c in p.candidates)
-    assert "text 0.58, exemplars 0.49 (text gain 90 % lower bound -0.02)" in p.notes[-1]
+    assert "text 0.58, exemplars 0.49 (text gain 90 % lower bound -0.02" in p.notes[-1]
+    assert "does not know this site (median presence 0.20" in p.notes[-1]
+
+
+def test_at_a_site_the_text_proposer_knows_the_bank_must_be_better_with_confidence():
+    """BUS-BRA fold 5 (in domain, presence ~1.0 on its lesions): draws of 5 labels where the text proposer led on
+    average (0.58 vs 0.34, 0.72 vs 0.65) but not with confidence lost 11-24 points when the bank placed."""
+    from radvlsm.proposals.site_exemplars import text_places
+
+    assert text_places(1.0, -0.04, -0.3)  # text leads on average, not with confidence: it keeps the candidates
+    assert text_places(1.0, -0.2, -0.01)  # the bank leads on average, not with confidence: still the text proposer
+    assert not text_places(1.0, -0.4, 0.05)  # the bank better with confidence overturns the prior
+    assert text_places(0.2, 0.01, -0.5)  # and the text proposer better with confidence overturns the other prior
+
+
+def test_the_record_reads_whether_the_text_proposer_knows_the_site(learned_site):
+    """The corner proposer answers "present" with 0.9 on every label: it knows the site by its presence, yet the
+    bank is better with confidence on 4 labels (it never overlaps a lesion), so the bank places the candidates."""
+    rel = learned_site.reliability()
+    assert rel.match == pytest.approx(0.9) and rel.bank_lower > 0 and not rel.text_leads
+    assert rel.to_json()["match"] == 0.9
 
 
 def test_the_sites_exemplars_help_by_default_and_a_bad_switch_is_refused_by_name():
