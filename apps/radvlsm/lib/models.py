@@ -9,10 +9,13 @@ import queue
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from radvlsm.defaults import DEFAULT_PHRASE
-from radvlsm.io import load_image, load_mask
+from radvlsm.io import load_mask
 from radvlsm.proposals.site_exemplars import SiteExemplars
 from radvlsm.stack import Settings, Stack
+from radvlsm.volume import Volume, load_input, load_volume_label, slice_areas
 
 logger = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -71,11 +74,17 @@ def _keep_embedding(site: SiteExemplars, image_id: str, image, keep: Path | None
 
 
 def _load(datastore, image_id: str):
+    """The image and final label the site learns; a volume's is its slice with the largest lesion (one exemplar
+    per volume, as per 2D image; a lesion-free volume label is its first slice, empty: it empties the exemplar)."""
     try:
         label_uri = datastore.get_label_uri(image_id, "final")
         if not label_uri:
             return None
-        image = load_image(datastore.get_image_uri(image_id))
+        image = load_input(datastore.get_image_uri(image_id))
+        if isinstance(image, Volume):
+            label = load_volume_label(label_uri, image) > 0
+            k = int(np.argmax(slice_areas(label)))
+            return image.slice_image(k), label[k]
         return image, load_mask(label_uri, image.shape) > 0
     except Exception as exc:
         logger.warning(f"site exemplars: skipped {image_id}: {exc}")
