@@ -105,7 +105,7 @@ def text_places(match: float, text_lower: float, bank_lower: float) -> bool:
     on average but not with confidence lost 11-24 points to the bank). What separates the two cases is how sure the
     proposer is that the site's lesions are there: its median presence probability on the labelled lesions is
     1.00 in domain (BUS-BRA, every draw), 0.90 and 0.59 at BUS-UCLM after 25 corrections (random, uncertainty;
-    a proposer that never saw it), 0.91 and 0.65 after 50, ~0.0 on DDTI's thyroid nodules (the shipped one). A
+    a proposer that never saw it), 0.91 and 0.65 after 50 (a replay). A
     threshold of 0.5 put both BUS-UCLM states on the text side, where the bank had given +10 points: hence
     ``RECOGNISED`` = 0.99 (``benchmarks/bench_exemplar_rules.py --record-only``, README *VESSA stage 1*)."""
     if match >= RECOGNISED:
