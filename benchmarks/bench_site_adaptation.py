@@ -15,7 +15,9 @@ patients' images after a seeded shuffle; BUS-UCLM's lesion-free images included,
 final labels; :func:`radvlsm.training.fine_tune` runs with ``TrainConfig()`` defaults (what ``POST
 /train/radvlsm`` with no options runs), plus ``--options``, continuing from the versions it published before.
 ``uncertainty`` rescores the unlabelled pool under the served models each round (the product's scoring method);
-``random`` draws uniformly (seeded). With ``--options '{"pseudo_labels": true}'`` (VESSA stage 2, off by
+``random`` draws uniformly (seeded); ``uncertainty_mask`` (an experiment, not a product strategy) ranks by the
+segmentation's terms alone (:func:`radvlsm.training.uncertainty.mask_disagreement`). With
+``--options '{"pseudo_labels": true}'`` (VESSA stage 2, off by
 default) the round first pseudo-labels the rest of the pool as the server's train task does
 (:mod:`radvlsm.training.pseudo`; the row reports their Dice against the reference masks). With ``--exemplars``
 (the server's default, ``--conf site_exemplars true``; off here unless asked, as the earlier curves ran), each
@@ -58,7 +60,7 @@ from radvlsm.io import load_image, load_mask  # noqa: E402
 from radvlsm.pipeline import PipelineOptions  # noqa: E402
 from radvlsm.training import TrainConfig, TrainSample, fine_tune  # noqa: E402
 from radvlsm.training.pseudo import PseudoLabelStore, make_pseudo_labels  # noqa: E402
-from radvlsm.training.uncertainty import score_image  # noqa: E402
+from radvlsm.training.uncertainty import mask_disagreement, score_image  # noqa: E402
 
 DISK_CACHE = "~/.cache/radvlsm/embeddings"
 WRONG_PHRASE = "colon polyp"
@@ -157,7 +159,8 @@ class Curve:
             return random.Random(len(self.state["labelled"]) + 1).sample(free, min(k, len(free)))
         scores = {}
         for c in free:
-            scores[c] = score_image(self.pipeline, load_image(self.pool[c][0])).score
+            u = score_image(self.pipeline, load_image(self.pool[c][0]))
+            scores[c] = mask_disagreement(u) if self.strategy == "uncertainty_mask" else u.score
             self.predictor.cache.clear()
         return sorted(free, key=lambda c: (-scores[c], c))[:k]
 
@@ -296,7 +299,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--site", choices=["uclm", "ddti"], default="uclm")
     ap.add_argument("--steps", type=int, nargs="+", default=[5, 10, 25, 50])
-    ap.add_argument("--strategies", nargs="+", default=["random", "uncertainty"], choices=["random", "uncertainty"])
+    ap.add_argument("--strategies", nargs="+", default=["random", "uncertainty"],
+                    choices=["random", "uncertainty", "uncertainty_mask"])
     ap.add_argument("--variant", default="default", help="name of this configuration in the work folder")
     ap.add_argument("--options", type=json.loads, default={}, help="train options (JSON), as POST /train takes")
     ap.add_argument("--pool", type=int, default=150, help="unlabelled pool size (training patients)")

@@ -66,6 +66,18 @@ def _uncertainty(match: float, agreement: float | None, iou: float | None) -> Un
     return Uncertainty(float(sum(terms) / len(terms)), agreement, iou, match)
 
 
+def mask_disagreement(u: Uncertainty) -> float:
+    """The segmentation's terms alone (``1 - agreement``, ``1 - predicted IoU``; 1.0 when no lesion was found).
+
+    Why: at a site whose presence is not yet calibrated (BUS-UCLM after 10 corrections a lesion is found on nearly
+    every image), ``1 - match`` mostly flags lesion-free images, which teach the proposer's box nothing: the
+    ``uncertainty`` curve's labels were 26 of 50 lesion-free (``random``'s 20) and its proposer fine-tune was
+    refused. Measured as a strategy by ``benchmarks/bench_site_adaptation.py --strategies uncertainty_mask``; not a
+    product strategy."""
+    terms = [1 - float(v) for v in (u.agreement, u.predicted_iou) if v is not None]
+    return float(sum(terms) / len(terms)) if terms else 1.0
+
+
 def score_image(pipeline, image, text: str = DEFAULT_PHRASE) -> Uncertainty:
     """Run the pipeline (no diagnosis) on an image and score it."""
     from radvlsm.pipeline import PipelineOptions
