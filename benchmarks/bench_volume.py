@@ -1,7 +1,7 @@
 """Volumes slice by slice on lgg-mri (brain FLAIR, 10 patients), leave-patient-out.
 
     python benchmarks/bench_volume.py [--limit N] [--options '{"proposer_scope": "heads"}'] [--work DIR]
-        [--timing 3] [--remeasure] [--report]
+        [--timing 3] [--remeasure] [--timing-only] [--report]
 
 Through the served code (``radvlsm.volume_tasks`` / ``radvlsm.volume_pipeline``, encoder runtime ``auto``):
 
@@ -23,7 +23,8 @@ half A (see :mod:`radvlsm.propagation`), so the table gives A and B apart.
 
 Results per patient go to ``--work`` (default ``benchmarks/results/volume``), written after each step: a rerun
 resumes; ``--remeasure`` measures every patient again with the fine-tuned models already there (after a change of
-the served code; the timing rows are kept); ``--report`` prints the table from what is there.
+the served code; the timing rows are kept); ``--timing-only`` times again and prints only that (after a change of
+the encoder runtime); ``--report`` prints the table from what is there.
 """
 
 from __future__ import annotations
@@ -211,6 +212,8 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "results" / "volume"))
     ap.add_argument("--timing", type=int, default=3, help="patients timed from a fresh cache")
     ap.add_argument("--remeasure", action="store_true", help="measure again, keeping the fine-tunes and timing")
+    ap.add_argument("--timing-only", action="store_true",
+                    help="only time --timing patients again (after a change of the encoder runtime) and print them")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     options = json.loads(args.options)
@@ -221,6 +224,11 @@ def main() -> None:
         state.pop("shipped", None)
         state.pop("adapted", None)
     names = patients(args.limit)
+    if args.timing_only:
+        state["timing"] = {name: timing(name) for name in names[: args.timing]}
+        save_state(path, state)
+        report({"timing": state["timing"]}, names, options)
+        return
     if not args.report:
         state.setdefault("shipped", {})
         shipped = Models(None)
