@@ -24,6 +24,17 @@ SAMPLES = ROOT / "samples"
 APP = ROOT / "apps" / "radvlsm"
 
 
+def app_module(name: str):
+    """A module of the app's own package (``apps/radvlsm/lib``, imported as ``lib`` as MONAI Label loads it)."""
+    import importlib
+
+    sys.path.insert(0, str(APP))
+    try:
+        return importlib.import_module(f"lib.{name}")
+    finally:
+        sys.path.pop(0)
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     return mask_dice(np.asarray(a) > 0, np.asarray(b) > 0)
 

@@ -4,8 +4,6 @@ is learned on its slice with the largest lesion, which the bank then finds on th
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -18,20 +16,10 @@ from radvlsm.proposals import build_proposer
 from radvlsm.proposals.boxes import box_iou
 from radvlsm.proposals.site_exemplars import SiteExemplars
 from radvlsm.volume import load_input
-from tests.conftest import SAMPLES
+from tests.conftest import app_module
 from tests.volumes import lesion_volume, write_volume
 
 K = 5  # the synthetic lesion's largest slice (tests/volumes.py)
-
-
-def app_models():
-    """The app's ``lib.models`` (``apps/radvlsm/lib`` is the app's own package, as MONAI Label loads it)."""
-    sys.path.insert(0, str(SAMPLES.parent / "apps" / "radvlsm"))
-    try:
-        from lib import models
-    finally:
-        sys.path.pop(0)
-    return models
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +40,7 @@ def test_a_volume_label_joins_the_bank_on_its_largest_lesion_slice(tmp_path, pre
     ds.save_label("flair", str(tmp_path / "label.nii.gz"), "final", {})
 
     site = SiteExemplars(build_proposer("template", predictor=predictor, max_exemplars=20))
-    app_models().learn_final_label(site, ds, "flair")
+    app_module("models").learn_final_label(site, ds, "flair")
     assert site.bank.ids == ["flair"]  # before: "a 3D volume ... was given to a 2D task", skipped
     on_k = site.bank.propose(load_input(path).slice_image(K), "lesion")
     assert on_k.candidates
@@ -67,7 +55,7 @@ def test_an_emptied_volume_label_takes_its_exemplar_out(tmp_path, predictor):
     path = write_volume(studies / "flair.nii.gz", pixels)
     ds = LocalDatastore(str(studies), extensions=["*.nii.gz"], auto_reload=False)
     site = SiteExemplars(build_proposer("template", predictor=predictor, max_exemplars=20))
-    models = app_models()
+    models = app_module("models")
     for mask in (lesion, np.zeros_like(lesion)):  # the clinician saves, then empties the label
         label = sitk.GetImageFromArray(mask.astype(np.uint8))
         label.CopyInformation(sitk.ReadImage(str(path)))

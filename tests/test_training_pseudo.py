@@ -19,7 +19,7 @@ from radvlsm.training import TrainConfig, fine_tune
 from radvlsm.training.datastore import pseudo_store, samples_from_datastore, unlabelled_images
 from radvlsm.training.pseudo import MIN_AGREEMENT, PseudoLabelStore, make_pseudo_labels
 from radvlsm.training.store import DecoderStore, ProposerStore
-from tests.conftest import SAMPLES, dice, reference
+from tests.conftest import SAMPLES, app_module, dice, reference
 from tests.test_training import IDS, sample
 
 UNLABELLED = sorted(p.stem for p in (SAMPLES / "images").glob("*.png") if p.stem not in IDS)
@@ -117,18 +117,6 @@ def test_pseudo_labels_train_the_proposer_but_never_its_gate(tmp_path, predictor
     assert runs["with"]["iou_before"] == runs["without"]["iou_before"]
 
 
-def train_task_class():
-    """The app's ``radvlsm`` train task (``apps/radvlsm/lib`` is the app's own package, as MONAI Label loads it)."""
-    import sys
-
-    sys.path.insert(0, str(SAMPLES.parent / "apps" / "radvlsm"))
-    try:
-        from lib.trainers.radvlsm import RadVLSMTrain
-    finally:
-        sys.path.pop(0)
-    return RadVLSMTrain
-
-
 def test_the_train_task_pseudo_labels_only_unlabelled_images(tmp_path, predictor):
     """``POST /train/radvlsm`` with ``pseudo_labels``, through a real MONAI Label datastore: the final labels are
     untouched and never pseudo-labelled, the pseudo-labels live in the trained folder (not among the datastore's
@@ -146,7 +134,7 @@ def test_the_train_task_pseudo_labels_only_unlabelled_images(tmp_path, predictor
     trained = tmp_path / "trained"
     name = predictor.backbone.name
     proposer_store = ProposerStore(trained / name / "qformer_lite")
-    task = train_task_class()(predictor, DecoderStore(trained / name / "sam_decoder"),
+    task = app_module("trainers.radvlsm").RadVLSMTrain(predictor, DecoderStore(trained / name / "sam_decoder"),
                               build_proposer("qformer_lite", predictor=predictor, store=proposer_store),
                               proposer_store, "lesion", pseudo_store(trained, name))
     request = {"epochs": 1, "train_decoder": False, "train_prompt_encoder": False, "proposer_scope": "heads",
