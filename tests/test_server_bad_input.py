@@ -29,7 +29,9 @@ UPLOAD_MB = 4
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("bad_input"), conf={"max_upload_mb": str(UPLOAD_MB)})
+    tmp = tmp_path_factory.mktemp("bad_input")
+    (tmp / "tmp").mkdir()  # the server's own temp dir: a refused upload must not stay there
+    server = start_server(tmp, conf={"max_upload_mb": str(UPLOAD_MB)}, env={"TMPDIR": str(tmp / "tmp")})
     yield server
     stop_server(server.proc)
 
@@ -101,6 +103,10 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every file of the studies folder with its size and mtime (the lock file is not data)."""
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in root.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def without_session_store(files: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    return {k: v for k, v in files.items() if k != ".ses"}
 
 
 def outside(srv) -> list[Path]:
@@ -236,12 +242,14 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_request_is_4xx_naming_the_field_and_writes_nothing(srv, files, case):
     _, method, path, query, params, upload, status, words = case
-    before = snapshot(srv.studies)
+    before, temp_before = snapshot(srv.studies), snapshot(srv.studies.parent / "tmp")
     form = "info" if path.endswith("/info") else "params"
     r = send(srv, method, path, query, params, {k: files[v] for k, v in (upload or {}).items()}, form_field=form)
     assert r.status_code == status, r.text
     assert words in r.json()["detail"], r.json()
     assert snapshot(srv.studies) == before
+    # the upload's temp copy went with the refusal (``.ses``: MONAI Label's session store, touched by lookups)
+    assert without_session_store(snapshot(srv.studies.parent / "tmp")) == without_session_store(temp_before)
     assert outside(srv) == []
     assert requests.get(f"{srv.url}/info/", timeout=30).status_code == 200
 

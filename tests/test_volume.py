@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from radvlsm.errors import ImageReadError, InputError
 from radvlsm.io import Image2D, save_mask
 from radvlsm.markups import index_to_lps, roi_markups
-from radvlsm.service import write_label
+from radvlsm.service import remove_result, write_label
 from radvlsm.volume import Volume, load_input, load_volume_label
 from radvlsm.volume_prompts import prompt_slice, requested_range, slice_request
 from tests.volumes import DIRECTION, ORIGIN, SPACING, ijk_roi, lesion_volume, write_volume
@@ -53,12 +53,13 @@ def test_a_box_markup_on_slice_k_sits_at_the_lesion(synthetic):
     assert np.isclose(roi["size"][2], SPACING[2])
 
 
-def test_a_3d_label_is_written_in_the_volume_geometry(synthetic, tmp_path):
+def test_a_3d_label_is_written_in_the_volume_geometry(synthetic, tmp_path, request):
     path, _, lesion = synthetic
     vol = load_input(path)
     label = np.zeros(vol.shape, np.uint8)
     label[6] = lesion[6]
     out = write_label(label, vol, {"result_extension": ".nrrd"})
+    request.addfinalizer(lambda: remove_result(out))  # a result folder of its own, as the server's answer removes
     img = sitk.ReadImage(out)
     ref = sitk.ReadImage(str(path))
     assert img.GetSize() == ref.GetSize() and np.allclose(img.GetSpacing(), ref.GetSpacing())

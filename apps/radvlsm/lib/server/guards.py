@@ -38,7 +38,10 @@ Fixes MONAI Label 0.8.5:
   ``update_image_info`` / ``update_label_info`` do ``dict.update`` or item assignment on it, so ``params=[1]`` or
   ``params=5`` is a TypeError (500). :func:`_wrap_endpoints` wraps those functions (the ``api_*`` routes look them up
   by name at call time): 422. The same wrapper makes ``run_inference`` with no image, file or session a 422
-  (upstream: ``HTTPException(500)``);
+  (upstream: ``HTTPException(500)``). When the wrapped function fails, the upload deletions it queued as background
+  tasks run at once (:func:`_discard_uploads`): upstream runs them only after a successful answer, so every refused
+  upload (a patient's image) stayed in the temp dir; likewise a session upload that is not an archive
+  (:func:`_wrap_session_upload`);
 * ``POST /train/<model>`` and ``POST /train/``: ``monailabel.endpoints.train.run_model`` / ``run`` answer 200 and
   start a background run that fails on a misspelt option, a wrong type or too few final labels (the task runs in a
   subprocess the endpoint never hears from). :func:`_wrap_train_endpoints` runs the train task's
@@ -213,10 +216,53 @@ def _json_object_field(fn, field: str):
                 raise HTTPException(422, f"{field}: not valid JSON ({exc})") from exc
             if not isinstance(parsed, dict):
                 raise HTTPException(422, f"{field}: expected a JSON object {{...}}, got {type(parsed).__name__}")
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            _discard_uploads(arguments.get("background_tasks"))
+            raise
 
     wrapper.radvlsm_guard = True
     return wrapper
+
+
+def _discard_uploads(background_tasks: Any) -> None:
+    """Run the upload deletions an endpoint queued before it failed. MONAI Label copies an upload to the temp dir
+    and queues its ``remove_file`` as a background task, which runs only after a successful answer: a refused
+    upload (a patient's image) stayed in the temp dir for good."""
+    for task in list(getattr(background_tasks, "tasks", None) or []):
+        try:
+            task.func(*task.args, **task.kwargs)
+        except Exception as exc:  # noqa: BLE001 - the request's own error is the one to answer with
+            logger.warning(f"radvlsm: could not remove an upload after a failed request: {exc}")
+    if background_tasks is not None and hasattr(background_tasks, "tasks"):
+        background_tasks.tasks.clear()
+
+
+def _wrap_session_upload() -> None:
+    """``Sessions.add_session`` fails on a non-archive with ``uncompress=true`` after ``create_session`` copied the
+    upload into a temp folder whose deletion it queues only on success: remove that folder when it fails."""
+    import os
+    import tempfile
+
+    from monailabel.utils.sessions import Sessions
+
+    original = Sessions.add_session
+    if getattr(original, "radvlsm_guard", False):
+        return
+
+    @functools.wraps(original)
+    def add_session(self, data_file: str, *args, **kwargs):
+        try:
+            return original(self, data_file, *args, **kwargs)
+        except BaseException:
+            folder = data_file if os.path.isdir(data_file) else os.path.dirname(data_file)
+            if os.path.realpath(os.path.dirname(folder)) == os.path.realpath(tempfile.gettempdir()):
+                shutil.rmtree(folder, ignore_errors=True)  # create_session's received folder, not a user's path
+            raise
+
+    add_session.radvlsm_guard = True
+    Sessions.add_session = add_session
 
 
 def _wrap_endpoints() -> None:
@@ -333,6 +379,7 @@ def install(fastapi_app, radvlsm_app: Any, max_upload_bytes: int | None,
     if max_upload_bytes is not None and hasattr(fastapi_app, "max_body_size"):
         fastapi_app.max_body_size = max_upload_bytes  # also bounds chunked bodies that carry no Content-Length
     _wrap_endpoints()
+    _wrap_session_upload()
     _wrap_train_endpoints(radvlsm_app)
     from monailabel.config import settings
 
