@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,25 @@ from radvlsm.geometry import mask_dice, mask_to_box
 from radvlsm.io import load_mask
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (``scripts/test.sh`` runs two workers) each worker gets a temp dir of its own, inherited
+    by the servers and training runs it starts: the tests that check a temp dir is left clean (no result folder,
+    no refused upload) must not see the other worker's files, nor two workers' clients each other's results."""
+    worker, run = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
+    if worker:
+        folder = Path(tempfile.gettempdir()) / f"radvlsm-tests-{run[:8]}-{worker}"
+        folder.mkdir(exist_ok=True)
+        config.radvlsm_worker_tmp = folder
+        os.environ["TMPDIR"] = str(folder)
+        tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+
+
+def pytest_unconfigure(config) -> None:
+    folder = getattr(config, "radvlsm_worker_tmp", None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 SAMPLES = ROOT / "samples"
 APP = ROOT / "apps" / "radvlsm"
 

@@ -248,8 +248,8 @@ def test_at_a_site_the_text_proposer_does_not_know_it_must_be_better_with_confid
 
     assert not text_places(0.904, -0.016, -0.229)  # the replayed state's record (bench_exemplar_rules.py)
     assert not text_places(0.594, -0.12, -0.065)  # the uncertainty curve's, after 25
-    record = Reliability(text=0.58, bank=0.49, scored=10, lower=-0.02, text_leads=False, match=0.90,
-                         bank_lower=-0.15)
+    record = Reliability(text=0.58, bank=0.49, scored=10, lower=-0.02, match=0.90, bank_lower=-0.15)
+    assert not record.text_leads
     monkeypatch.setattr(assisted.site, "reliability", lambda version=None: record)
     p = assisted.propose(images[QUERIES[0]], "breast lesion")
     assert p.backend == "corner+template" and all(c.extra["source"] == "site_exemplars" for c in p.candidates)

@@ -79,9 +79,14 @@ class Reliability:
     bank: float
     scored: int
     lower: float  # one-sided lower bound of the text proposer's mean gain over the bank
-    text_leads: bool
     match: float = 1.0  # the text proposer's median presence probability on the labels
     bank_lower: float = float("nan")  # one-sided lower bound of the bank's mean gain over the text proposer
+
+    @property
+    def text_leads(self) -> bool:
+        """The text proposer places the candidates (:func:`text_places` on this record: derived, so it cannot
+        disagree with the record it is read from)."""
+        return text_places(self.match, self.lower, self.bank_lower)
 
     def to_json(self) -> dict[str, float | int | bool]:
         return {"text": round(self.text, 4), "bank": round(self.bank, 4), "scored": self.scored,
@@ -252,8 +257,8 @@ class SiteExemplars:
         text_gain = paired_bootstrap(bank, text, self.confidence, min_images=self.min_scored)
         bank_gain = paired_bootstrap(text, bank, self.confidence, min_images=self.min_scored)
         median = float(np.median(match))
-        return Reliability(float(text.mean()), float(bank.mean()), len(scores), text_gain.lower,
-                           text_places(median, text_gain.lower, bank_gain.lower), median, bank_gain.lower)
+        return Reliability(float(text.mean()), float(bank.mean()), len(scores), text_gain.lower, median,
+                           bank_gain.lower)
 
 
 def _checked(image: Image2D, mask: np.ndarray) -> np.ndarray:
