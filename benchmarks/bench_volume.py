@@ -123,8 +123,10 @@ def timing(name: str) -> dict:
     out = {"patient": name, "slices": volume.n_slices}
     models = Models(None, disk_cache=None)
     t = time.perf_counter()
-    text_on_volume(models.pipeline, volume, PipelineOptions(diagnose=False))
+    res = text_on_volume(models.pipeline, volume, PipelineOptions(diagnose=False))
     out["text_s"] = round(time.perf_counter() - t, 2)
+    out["text_stages_s"] = {k.removesuffix("_sum"): round(v / 1e3, 2) for k, v in res.result["latencies_ms"].items()
+                            if k.endswith("_sum")}
     models.predictor.cache.clear()
     k = int(np.argmax(ref.reshape(len(ref), -1).sum(1)))
     t = time.perf_counter()
@@ -203,6 +205,11 @@ def report(state: dict, names: list[str], options: dict) -> None:
             print(f"| {r['patient']} | {r['slices']} | {r['text_s']} | {30 * r['text_s'] / r['slices']:.1f} | "
                   f"{r['propagation_s']} ({r['propagated_slices']}) | "
                   f"{30 * r['propagation_s'] / r['propagated_slices']:.1f} |")
+        staged = [r for r in state["timing"].values() if r.get("text_stages_s")]
+        if staged:  # the text pipeline's stages summed over the slices (timings before session 14 lack them)
+            print("\n| patient | text s by stage, summed over slices |\n|---|---|")
+            for r in staged:
+                print(f"| {r['patient']} | " + ", ".join(f"{k} {v}" for k, v in r["text_stages_s"].items()) + " |")
 
 
 def main() -> None:

@@ -36,6 +36,19 @@ def pytest_configure(config) -> None:
         tempfile.tempdir = None  # gettempdir() reads TMPDIR again
 
 
+#: the longest files (training runs through a real server: minutes each) start first, so that two workers do not
+#: end with one of them alone on a long file (``--durations`` of a whole run)
+LONG_FILES = ("test_server_train.py", "test_server_diagnosis_train.py", "test_training_lora.py",
+              "test_training_proposer.py", "test_proposals_site_exemplars.py", "test_training.py",
+              "test_training_pseudo.py", "test_server_dicomweb_volume.py")
+
+
+def pytest_collection_modifyitems(config, items: list) -> None:
+    """Long files first, otherwise collection order (the same in every worker, as xdist requires)."""
+    rank = {name: n for n, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def pytest_unconfigure(config) -> None:
     folder = getattr(config, "radvlsm_worker_tmp", None)
     if folder is not None:

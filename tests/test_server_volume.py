@@ -89,6 +89,10 @@ def test_text_on_the_whole_volume_with_the_stock_client(server, study, tmp_path)
     assert_same_geometry(img, sitk.ReadImage(str(path)))
     assert res["slices"] == [0, lesion.shape[0] - 1] and res["volume_shape"] == list(lesion.shape)
     assert len(res["match_score_by_slice"]) == lesion.shape[0]
+    # where the time went: each stage of the per-slice pipeline summed over the slices, within the total
+    lat = res["latencies_ms"]
+    assert (lat["encode_sum"] > 0) == (res["encodes"] > 0) and lat["propose_sum"] > 0 and "aggregate_sum" in lat
+    assert lat["encode_sum"] + lat["propose_sum"] + lat["aggregate_sum"] <= lat["total"]
     # whatever the proposer finds, the JSON describes the label: each lesion's slices and volume are its voxels'
     for entry in res["lesions"]:
         mask = label == entry["label"]

@@ -53,10 +53,13 @@ def text_on_volume(pipeline: RadVLSMPipeline, volume: Volume, opts: PipelineOpti
     t0 = time.perf_counter()
     found = np.zeros(volume.shape, bool)
     reliability = np.zeros(volume.shape, np.float32)
-    encodes, hits, match, source = 0, 0, {}, None
+    encodes, hits, match, source, stages = 0, 0, {}, None, {}
     per_slice = replace(opts, diagnose=False)
     for z in range(first, last + 1):
         res = pipeline.run(volume.slice_image(z), per_slice)
+        for stage, ms in res.result["latencies_ms"].items():  # where a volume's time goes, summed over slices
+            if stage != "total":
+                stages[stage] = stages.get(stage, 0.0) + ms
         encodes += res.result["encodes"]
         hits += int(res.result["cache_hit"])
         match[z] = res.result["match_score"]
@@ -81,7 +84,8 @@ def text_on_volume(pipeline: RadVLSMPipeline, volume: Volume, opts: PipelineOpti
         "prompt_source": source,
         "encodes": encodes, "cache_hit": hits == last - first + 1,
         "latencies_ms": {"total": round((time.perf_counter() - t0) * 1e3, 1),
-                         "per_slice": round((time.perf_counter() - t0) * 1e3 / (last - first + 1), 1)},
+                         "per_slice": round((time.perf_counter() - t0) * 1e3 / (last - first + 1), 1),
+                         **{f"{stage}_sum": round(ms, 1) for stage, ms in stages.items()}},
     }
     if not entries:
         result["message"] = (f"no lesion found for '{opts.text}' on slices {first}..{last} that runs through "
