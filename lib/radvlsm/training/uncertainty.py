@@ -73,7 +73,8 @@ def mask_disagreement(u: Uncertainty) -> float:
     every image), ``1 - match`` mostly flags lesion-free images, which teach the proposer's box nothing: the
     ``uncertainty`` curve's labels were 26 of 50 lesion-free (``random``'s 20) and its proposer fine-tune was
     refused. Measured as a strategy by ``benchmarks/bench_site_adaptation.py --strategies uncertainty_mask``; not a
-    product strategy."""
+    product strategy: from 0 it picked as many lesion-free images (26 of 50; the proposer says "present" on them and
+    their spurious masks disagree) and gave 0.4248 at 50 (``uncertainty`` 0.4062, ``random`` 0.4476)."""
     terms = [1 - float(v) for v in (u.agreement, u.predicted_iou) if v is not None]
     return float(sum(terms) / len(terms)) if terms else 1.0
 
