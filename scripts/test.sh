@@ -11,6 +11,4 @@ bash "$ROOT/scripts/install_dicomweb_test_deps.sh" || echo "test.sh: DICOMweb/OH
 source "$VENV/bin/activate"
 cd "$ROOT"
 ruff check lib apps tests benchmarks scripts
-# two workers, a test file each (their module fixtures start one server per file): the suite is half idle on
-# one process (server start-ups, subprocess imports, HTTP waits). RADVLSM_TEST_WORKERS=0 runs it in one process.
-exec python -m pytest -ra -n "${RADVLSM_TEST_WORKERS:-2}" --dist loadfile "$@"
+exec python -m pytest -ra "$@"

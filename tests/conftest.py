@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,38 +20,6 @@ from radvlsm.geometry import mask_dice, mask_to_box
 from radvlsm.io import load_mask
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def pytest_configure(config) -> None:
-    """Under pytest-xdist (``scripts/test.sh`` runs two workers) each worker gets a temp dir of its own, inherited
-    by the servers and training runs it starts: the tests that check a temp dir is left clean (no result folder,
-    no refused upload) must not see the other worker's files, nor two workers' clients each other's results."""
-    worker, run = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
-    if worker:
-        folder = Path(tempfile.gettempdir()) / f"radvlsm-tests-{run[:8]}-{worker}"
-        folder.mkdir(exist_ok=True)
-        config.radvlsm_worker_tmp = folder
-        os.environ["TMPDIR"] = str(folder)
-        tempfile.tempdir = None  # gettempdir() reads TMPDIR again
-
-
-#: the longest files (training runs through a real server: minutes each) start first, so that two workers do not
-#: end with one of them alone on a long file (``--durations`` of a whole run)
-LONG_FILES = ("test_server_train.py", "test_server_diagnosis_train.py", "test_training_lora.py",
-              "test_training_proposer.py", "test_proposals_site_exemplars.py", "test_training.py",
-              "test_training_pseudo.py", "test_server_dicomweb_volume.py")
-
-
-def pytest_collection_modifyitems(config, items: list) -> None:
-    """Long files first, otherwise collection order (the same in every worker, as xdist requires)."""
-    rank = {name: n for n, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
-
-
-def pytest_unconfigure(config) -> None:
-    folder = getattr(config, "radvlsm_worker_tmp", None)
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
 SAMPLES = ROOT / "samples"
 APP = ROOT / "apps" / "radvlsm"
 
