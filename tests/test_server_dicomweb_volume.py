@@ -39,8 +39,10 @@ def series(orthanc):
 @pytest.fixture(scope="module")
 def app(orthanc, series, tmp_path_factory):
     folder = tmp_path_factory.mktemp("dicomweb-volume-app")
+    (folder / "tmp").mkdir()  # the server's own temp dir: the series' conversion must not stay there
     srv = start_dicomweb_app(folder, orthanc.dicomweb,
-                             env={"MONAI_LABEL_DICOMWEB_SEARCH_FILTER": json.dumps({"Modality": "MR"})})
+                             env={"MONAI_LABEL_DICOMWEB_SEARCH_FILTER": json.dumps({"Modality": "MR"}),
+                                  "TMPDIR": str(folder / "tmp")})
     yield srv
     stop_server(srv.proc)
 
@@ -65,6 +67,8 @@ def test_text_on_the_mr_series_is_a_label_of_its_geometry(app, series, tmp_path)
                        atol=1e-3)
     assert np.allclose(img.GetSpacing(), SPACING, atol=1e-4)
     assert dice(label > 0, lesion) >= 0.7  # the lesion where the series has it: no slice order or axis flipped
+    # the series was fetched and converted for this request: the conversion lives in the cache, not the temp dir
+    assert list((app.studies.parent / "tmp").glob("*.nii*")) == []
 
 
 def test_sam_propagated_on_the_mr_series(app, series, tmp_path):

@@ -62,6 +62,20 @@ class DICOMWeb2DDatastore(DICOMWebDatastore):
     """``monailabel.datastore.dicom.DICOMWebDatastore`` whose final labels become DICOM SEG for 2D images (see the
     module doc)."""
 
+    def get_image_uri(self, image_id: str) -> str:
+        """``DICOMWebDatastore.get_image_uri``, without the copy it leaves in the temp dir: on a series' first use
+        it converts the series to a ``tmp*.nii.gz`` there, copies that into the cache (``add_image``) and returns
+        the temp copy, which nothing deletes (a patient's images kept in ``/tmp`` for good). The cached file is
+        returned instead and the temp one removed."""
+        uri = super().get_image_uri(image_id)
+        cached = os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz"))
+        temp_dir = os.path.realpath(tempfile.gettempdir())
+        if (uri and os.path.realpath(uri) != cached and os.path.isfile(cached)
+                and os.path.dirname(os.path.realpath(uri)) == temp_dir and os.path.isfile(uri)):
+            os.unlink(uri)
+            return cached
+        return uri
+
     def _series_dir(self, image_id: str) -> str:
         return os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
 
