@@ -6,7 +6,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 
 from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
@@ -23,6 +22,7 @@ from radvlsm.defaults import LABELS
 from radvlsm.errors import CheckpointError, InputError
 from radvlsm.io import set_max_pixels
 from radvlsm.params import check_id, get_bool
+from radvlsm.service import in_temp_dir
 from radvlsm.versions import default_trained_dir
 
 logger = logging.getLogger(__name__)
@@ -37,9 +37,7 @@ def _is_upload(path: str) -> bool:
     treated as a datastore id. A symlink resolves elsewhere and so is not an upload."""
     if not os.path.isfile(path) or os.path.islink(path):
         return False
-    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
-    named = _UPLOAD_NAME.fullmatch(os.path.basename(path)) is not None
-    return named and folder == os.path.realpath(tempfile.gettempdir())
+    return _UPLOAD_NAME.fullmatch(os.path.basename(path)) is not None and in_temp_dir(path)
 
 
 class RadVLSMApp(MONAILabelApp):

@@ -93,13 +93,18 @@ def result_path(suffix: str) -> str:
     return os.path.join(folder, f"radvlsm-{secrets.token_hex(8)}{suffix}")
 
 
+def in_temp_dir(path: str) -> bool:
+    """Whether ``path`` lies directly in the temp dir (where MONAI Label puts uploads and conversions, and
+    :func:`result_path` its folders), its parent folder resolved."""
+    return os.path.realpath(os.path.dirname(os.path.abspath(path))) == os.path.realpath(tempfile.gettempdir())
+
+
 def remove_result(path: str) -> None:
     """Delete a result file and, if it is one of :func:`result_path`'s, its folder (anything else: the file)."""
     if not path:
         return
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.basename(folder).startswith(RESULT_FOLDER_PREFIX) \
-            and os.path.realpath(os.path.dirname(folder)) == os.path.realpath(tempfile.gettempdir()):
+    if os.path.basename(folder).startswith(RESULT_FOLDER_PREFIX) and in_temp_dir(folder):
         shutil.rmtree(folder, ignore_errors=True)
     elif os.path.isdir(path):
         shutil.rmtree(path, ignore_errors=True)

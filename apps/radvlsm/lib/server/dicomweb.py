@@ -53,6 +53,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from radvlsm.dicom import label_to_seg
 from radvlsm.errors import InputError
 from radvlsm.io import save_mask
+from radvlsm.service import in_temp_dir
 from radvlsm.volume import load_input, load_label_for
 
 logger = logging.getLogger(__name__)
@@ -69,9 +70,8 @@ class DICOMWeb2DDatastore(DICOMWebDatastore):
         returned instead and the temp one removed."""
         uri = super().get_image_uri(image_id)
         cached = os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz"))
-        temp_dir = os.path.realpath(tempfile.gettempdir())
-        if (uri and os.path.realpath(uri) != cached and os.path.isfile(cached)
-                and os.path.dirname(os.path.realpath(uri)) == temp_dir and os.path.isfile(uri)):
+        if (uri and os.path.realpath(uri) != cached and in_temp_dir(uri) and os.path.isfile(uri)
+                and os.path.isfile(cached)):
             os.unlink(uri)
             return cached
         return uri

@@ -230,22 +230,25 @@ def _discard_uploads(background_tasks: Any) -> None:
     """Run the upload deletions an endpoint queued before it failed. MONAI Label copies an upload to the temp dir
     and queues its ``remove_file`` as a background task, which runs only after a successful answer: a refused
     upload (a patient's image) stayed in the temp dir for good."""
-    for task in list(getattr(background_tasks, "tasks", None) or []):
+    tasks = getattr(background_tasks, "tasks", None)
+    if not tasks:
+        return
+    for task in tasks:
         try:
             task.func(*task.args, **task.kwargs)
         except Exception as exc:  # noqa: BLE001 - the request's own error is the one to answer with
             logger.warning(f"radvlsm: could not remove an upload after a failed request: {exc}")
-    if background_tasks is not None and hasattr(background_tasks, "tasks"):
-        background_tasks.tasks.clear()
+    tasks.clear()
 
 
 def _wrap_session_upload() -> None:
     """``Sessions.add_session`` fails on a non-archive with ``uncompress=true`` after ``create_session`` copied the
     upload into a temp folder whose deletion it queues only on success: remove that folder when it fails."""
     import os
-    import tempfile
 
     from monailabel.utils.sessions import Sessions
+
+    from radvlsm.service import in_temp_dir
 
     original = Sessions.add_session
     if getattr(original, "radvlsm_guard", False):
@@ -257,7 +260,7 @@ def _wrap_session_upload() -> None:
             return original(self, data_file, *args, **kwargs)
         except BaseException:
             folder = data_file if os.path.isdir(data_file) else os.path.dirname(data_file)
-            if os.path.realpath(os.path.dirname(folder)) == os.path.realpath(tempfile.gettempdir()):
+            if in_temp_dir(folder):
                 shutil.rmtree(folder, ignore_errors=True)  # create_session's received folder, not a user's path
             raise
 
