@@ -16,7 +16,9 @@ final labels; :func:`radvlsm.training.fine_tune` runs with ``TrainConfig()`` def
 /train/radvlsm`` with no options runs), plus ``--options``, continuing from the versions it published before.
 ``uncertainty`` rescores the unlabelled pool under the served models each round (the product's scoring method);
 ``random`` draws uniformly (seeded); ``uncertainty_mask`` (an experiment, not a product strategy) ranks by the
-segmentation's terms alone (:func:`radvlsm.training.uncertainty.mask_disagreement`). With
+segmentation's terms alone (:func:`radvlsm.training.uncertainty.mask_disagreement`); ``uncertainty_mixed`` (an
+experiment) takes every other label at random (the site's 2nd, 4th, ... label; seeded by its position) and the
+rest by the product's score. With
 ``--options '{"pseudo_labels": true}'`` (VESSA stage 2, off by
 default) the round first pseudo-labels the rest of the pool as the server's train task does
 (:mod:`radvlsm.training.pseudo`; the row reports their Dice against the reference masks). With ``--exemplars``
@@ -162,7 +164,14 @@ class Curve:
             u = score_image(self.pipeline, load_image(self.pool[c][0]))
             scores[c] = mask_disagreement(u) if self.strategy == "uncertainty_mask" else u.score
             self.predictor.cache.clear()
-        return sorted(free, key=lambda c: (-scores[c], c))[:k]
+        ranked = sorted(free, key=lambda c: (-scores[c], c))
+        if self.strategy != "uncertainty_mixed":
+            return ranked[:k]
+        picks: list[str] = []  # the n-th label overall: odd n drawn at random, even n the most uncertain left
+        for n in range(len(self.state["labelled"]), len(self.state["labelled"]) + min(k, len(free))):
+            left = [c for c in ranked if c not in picks]
+            picks.append(random.Random(n + 1).choice(sorted(left)) if n % 2 else left[0])
+        return picks
 
     def pseudo_labels(self, cfg: TrainConfig) -> list[TrainSample]:
         """VESSA stage 2 (train option ``pseudo_labels``): what the server's train task makes of the unlabelled
@@ -300,7 +309,7 @@ def main() -> None:
     ap.add_argument("--site", choices=["uclm", "ddti"], default="uclm")
     ap.add_argument("--steps", type=int, nargs="+", default=[5, 10, 25, 50])
     ap.add_argument("--strategies", nargs="+", default=["random", "uncertainty"],
-                    choices=["random", "uncertainty", "uncertainty_mask"])
+                    choices=["random", "uncertainty", "uncertainty_mask", "uncertainty_mixed"])
     ap.add_argument("--variant", default="default", help="name of this configuration in the work folder")
     ap.add_argument("--options", type=json.loads, default={}, help="train options (JSON), as POST /train takes")
     ap.add_argument("--pool", type=int, default=150, help="unlabelled pool size (training patients)")
