@@ -1,7 +1,7 @@
 """Volumes slice by slice on lgg-mri (brain FLAIR, 10 patients), leave-patient-out.
 
     python benchmarks/bench_volume.py [--limit N] [--options '{"proposer_scope": "heads"}'] [--work DIR]
-        [--timing 3] [--remeasure] [--timing-only] [--report]
+        [--timing 3] [--remeasure] [--timing-only] [--stride 1] [--strides 1 2 3] [--report]
 
 Through the served code (``radvlsm.volume_tasks`` / ``radvlsm.volume_pipeline``, encoder runtime ``auto``):
 
@@ -26,6 +26,11 @@ Results per patient go to ``--work`` (default ``benchmarks/results/volume``), wr
 resumes; ``--remeasure`` measures every patient again with the fine-tuned models already there (after a change of
 the served code; the timing rows are kept); ``--timing-only`` times again and prints only that (after a change of
 the encoder runtime); ``--report`` prints the table from what is there.
+
+``--strides 1 2 3`` measures the coarse-to-fine scan (the ``slice_stride`` request parameter,
+:func:`radvlsm.volume_pipeline.scan_order`) with the shipped models on every patient: per stride, the text 3D Dice,
+tumour-free slices left empty, tumour slices found and the share of slices run (what the scan saves in encodes);
+``--timing-only --stride N`` times the text pipeline with that stride.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from radvlsm.propagation import propagate  # noqa: E402
 from radvlsm.training import TrainConfig, TrainSample, fine_tune  # noqa: E402
 from radvlsm.training.data import volume_samples  # noqa: E402
 from radvlsm.volume import load_input, load_volume_label  # noqa: E402
-from radvlsm.volume_pipeline import text_on_volume  # noqa: E402
+from radvlsm.volume_pipeline import VolumeTextConfig, text_on_volume  # noqa: E402
 
 LGG = DATA / "lgg-mri"
 DISK_CACHE = "~/.cache/radvlsm/embeddings"
@@ -109,20 +114,39 @@ def measure(models: Models, name: str) -> dict:
            "propagated_dice": round(dice(out3d, ref), 4), "propagated_slices": prop.slices[:1] + prop.slices[-1:],
            "stopped": prop.stopped}
     for phrase in PHRASES:
-        res = text_on_volume(models.pipeline, volume, PipelineOptions(text=phrase, diagnose=False))
-        got = res.label > 0
-        found = on(got)
-        row[phrase] = {"dice": round(dice(got, ref), 4), "found": bool(res.result["found"]),
-                       "empty_left_empty": round(float((~found[~tumour]).mean()), 4) if (~tumour).any() else None,
-                       "tumour_found": round(float(found[tumour].mean()), 4),
-                       "presence_accuracy": round(float((found == tumour).mean()), 4)}
+        row[phrase] = text_figures(text_on_volume(models.pipeline, volume, PipelineOptions(text=phrase,
+                                                                                           diagnose=False)), ref)
     return row
 
 
-def timing(name: str) -> dict:
+def text_figures(res, ref: np.ndarray) -> dict:
+    """A text result against the reference: 3D Dice, tumour-free slices left empty, tumour slices found."""
+    got, tumour = res.label > 0, on(ref)
+    found = on(got)
+    return {"dice": round(dice(got, ref), 4), "found": bool(res.result["found"]),
+            "empty_left_empty": round(float((~found[~tumour]).mean()), 4) if (~tumour).any() else None,
+            "tumour_found": round(float(found[tumour].mean()), 4),
+            "presence_accuracy": round(float((found == tumour).mean()), 4)}
+
+
+def stride_scan(models: Models, name: str, strides: list[int]) -> dict:
+    """The text path with each coarse-to-fine stride (the embeddings cached after the first)."""
+    volume, ref = load(name)
+    out = {}
+    for phrase in PHRASES:
+        out[phrase] = {}
+        for stride in strides:
+            res = text_on_volume(models.pipeline, volume, PipelineOptions(text=phrase, diagnose=False),
+                                 config=VolumeTextConfig(stride=stride))
+            out[phrase][str(stride)] = {**text_figures(res, ref), "slices_run": res.result["slices_run"],
+                                        "slices": volume.n_slices}
+    return out
+
+
+def timing(name: str, stride: int = 1) -> dict:
     """Seconds per volume from a fresh cache: the text pipeline, then a propagation (on a second fresh cache)."""
     volume, ref = load(name)
-    out = {"patient": name, "slices": volume.n_slices}
+    out = {"patient": name, "slices": volume.n_slices, "stride": stride}
     models = Models(None, disk_cache=None)
     t = time.perf_counter()
     first = volume.slice_image(0)  # a warm server: its first encode (the runtime compiles or loads) done apart
@@ -130,8 +154,9 @@ def timing(name: str) -> dict:
     out["warmup_s"] = round(time.perf_counter() - t, 2)
     models.predictor.cache.clear()
     t = time.perf_counter()
-    res = text_on_volume(models.pipeline, volume, PipelineOptions(diagnose=False))
+    res = text_on_volume(models.pipeline, volume, PipelineOptions(diagnose=False), config=VolumeTextConfig(stride))
     out["text_s"] = round(time.perf_counter() - t, 2)
+    out["text_slices_run"] = res.result["slices_run"]
     out["text_stages_s"] = {k.removesuffix("_sum"): round(v / 1e3, 2) for k, v in res.result["latencies_ms"].items()
                             if k.endswith("_sum")}
     models.predictor.cache.clear()
@@ -205,11 +230,25 @@ def report(state: dict, names: list[str], options: dict) -> None:
         print(f"\nsite-adapted models measured on half {half}: trained on {len(fit['train'])} patients "
               f"({fit['samples']} slices) in {fit['seconds']:.0f} s; decoder {fit['decoder']}; proposer "
               f"{fit['proposer']}")
+    if state.get("strides"):
+        print("\nCoarse-to-fine scan (shipped models, every patient): per stride, text 3D Dice / tumour-free slices "
+              "left empty / tumour slices found / slices run\n")
+        strides = sorted({int(k) for r in state["strides"].values() for k in r[PHRASES[0]]})
+        print("| phrase | " + " | ".join(f"stride {k}" for k in strides) + " |\n|---" * 1 + "|---" * len(strides) + "|")
+        for p in PHRASES:
+            cells = []
+            for k in strides:
+                rows = [r[p][str(k)] for r in state["strides"].values() if str(k) in r[p]]
+                run = sum(r["slices_run"] for r in rows) / max(sum(r["slices"] for r in rows), 1)
+                cells.append(f"{mean(rows, 'dice')} / {mean(rows, 'empty_left_empty')} / "
+                             f"{mean(rows, 'tumour_found')} / {run:.1%} ({len(rows)} patients)")
+            print(f"| {p} | " + " | ".join(cells) + " |")
     if state.get("timing"):
         print("\n| patient | slices | text s | text s / 30 slices | propagation s (slices reached) | "
               "propagation s / 30 slices reached | warm-up s |\n|---|---|---|---|---|---|---|")
         for r in state["timing"].values():  # rows timed before session 14 include the warm-up in text s
-            print(f"| {r['patient']} | {r['slices']} | {r['text_s']} | {30 * r['text_s'] / r['slices']:.1f} | "
+            stride = f" (stride {r['stride']}: {r['text_slices_run']} run)" if r.get("stride", 1) > 1 else ""
+            print(f"| {r['patient']} | {r['slices']} | {r['text_s']}{stride} | {30 * r['text_s'] / r['slices']:.1f} | "
                   f"{r['propagation_s']} ({r['propagated_slices']}) | "
                   f"{30 * r['propagation_s'] / r['propagated_slices']:.1f} | {r.get('warmup_s', 'in text s')} |")
         staged = [r for r in state["timing"].values() if r.get("text_stages_s")]
@@ -228,6 +267,8 @@ def main() -> None:
     ap.add_argument("--remeasure", action="store_true", help="measure again, keeping the fine-tunes and timing")
     ap.add_argument("--timing-only", action="store_true",
                     help="only time --timing patients again (after a change of the encoder runtime) and print them")
+    ap.add_argument("--stride", type=int, default=1, help="slice_stride of the timed text pipeline")
+    ap.add_argument("--strides", type=int, nargs="+", help="only measure the coarse-to-fine scan with these strides")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     options = json.loads(args.options)
@@ -239,9 +280,20 @@ def main() -> None:
         state.pop("adapted", None)
     names = patients(args.limit)
     if args.timing_only:
-        state["timing"] = {name: timing(name) for name in names[: args.timing]}
+        state["timing"] = {name: timing(name, args.stride) for name in names[: args.timing]}
         save_state(path, state)
         report({"timing": state["timing"]}, names, options)
+        return
+    if args.strides:
+        state.setdefault("strides", {})
+        shipped = Models(None)
+        for name in names:
+            done = state["strides"].get(name, {}).get(PHRASES[0], {})
+            if not all(str(k) in done for k in args.strides):
+                state["strides"][name] = stride_scan(shipped, name, sorted(set(args.strides)))
+                save_state(path, state)
+                print(name, "strides", state["strides"][name], file=sys.stderr, flush=True)
+        report({"strides": state["strides"]}, names, options)
         return
     if not args.report:
         state.setdefault("shipped", {})

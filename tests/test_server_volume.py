@@ -101,6 +101,15 @@ def test_text_on_the_whole_volume_with_the_stock_client(server, study, tmp_path)
     assert set(res["slices_with_lesion"]) == filled_slices(label)
     assert res["found"] and dice(label > 0, lesion) >= 0.7  # the dark blob is found with the default phrase
     assert "diagnosis_note" in res  # the head is breast-US 2D: a volume of unknown modality is not diagnosed
+    assert res["stride"] == 1 and res["slices_run"] == lesion.shape[0]
+    # the coarse-to-fine scan (which slices it runs: tests/test_volume.py): the lesion through 7 of the 11 slices is
+    # met on the coarse slices 3 and 6 and grown from there, so every slice near it runs and it is found whole
+    label_file, coarse = client.infer("radvlsm", VOLUME_ID, {"text": "lesion", "result_extension": ".nii.gz",
+                                                             "slice_stride": 3})
+    label3, _ = read(label_file)
+    assert coarse["stride"] == 3 and coarse["slices_run"] == len(coarse["match_score_by_slice"])
+    assert {"0", "3", "6", "9", "10"} <= set(coarse["match_score_by_slice"])
+    assert coarse["found"] and dice(label3 > 0, lesion) >= 0.7
 
 
 def test_box_proposal_on_a_slice_and_its_markups_on_that_plane(study):
@@ -142,6 +151,8 @@ def post(server, model: str, image: str, params: dict) -> requests.Response:
     ("sam", {"roi": [120, 40, 90, 30, 5, 5], "propagate": True, "slices": [6, 9]}, "slice"),
     ("sam", {"roi": [120, 40, 90, 30, 5, 5], "result_extension": ".png"}, "result_extension"),
     ("radvlsm", {"slices": [0, 40]}, "slices"),
+    ("radvlsm", {"slice_stride": 0}, "slice_stride"),
+    ("radvlsm", {"slice_stride": "every other"}, "slice_stride"),
     ("box_proposal", {}, "slice"),
 ])
 def test_bad_slices_are_422_naming_the_field(server, study, model, params, field):

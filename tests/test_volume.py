@@ -190,6 +190,24 @@ def test_lesions_kept_where_neighbouring_slices_agree():
     assert consistent_lesions(np.zeros_like(found), rel, 2, 3, 0.5) == []
 
 
+def test_the_coarse_to_fine_scan_runs_every_slice_near_an_answer_and_no_other():
+    """Stride 3 over 0..29 with a lesion answered on 10..19: the coarse slices (every third and the last), then
+    every slice within 2 of an answer, each once; stride 1 is every slice in order; a one-slice range is itself."""
+    from radvlsm.volume_pipeline import scan_order
+
+    lesion = set(range(10, 20))
+    order = list(scan_order(0, 29, 3, lambda z: z in lesion))
+    assert order[:11] == [0, 3, 6, 9, 12, 15, 18, 21, 24, 27, 29] and len(order) == len(set(order))
+    assert set(order) == set(range(0, 30, 3)) | {29} | set(range(8, 22))  # 8 and 20-21: neighbours of 10, 19
+    assert list(scan_order(0, 29, 1, lambda z: z in lesion)) == list(range(30))
+    assert list(scan_order(4, 9, 4, lambda z: False)) == [4, 8, 9]  # nothing answers: the coarse pass only
+    assert list(scan_order(5, 5, 3, lambda z: True)) == [5]
+    # an answer on a refined slice opens its own neighbours (a lesion found only off the coarse grid still grows)
+    assert set(scan_order(0, 12, 4, lambda z: z in {4, 5, 6, 7})) == {0, 4, 8, 12} | {1, 2, 3, 5, 6, 7} | {9, 10}
+    with pytest.raises(ValueError):
+        list(scan_order(0, 3, 0, lambda z: False))
+
+
 def test_the_volume_cache_keeps_the_last_volumes_and_sees_a_changed_file(synthetic, tmp_path):
     from radvlsm.volume import VolumeCache
 

@@ -14,7 +14,7 @@ from radvlsm.pipeline import PipelineOptions, RadVLSMPipeline
 from radvlsm.service import LabelResult, run_on_input
 from radvlsm.task_specs import RADVLSM
 from radvlsm.volume import Volume, load_label_for, slice_areas
-from radvlsm.volume_pipeline import DIAGNOSIS_MODALITIES, text_on_volume
+from radvlsm.volume_pipeline import DIAGNOSIS_MODALITIES, VolumeTextConfig, text_on_volume
 from radvlsm.volume_prompts import prompt_slice, requested_range
 from radvlsm.volume_tasks import on_slice, volume_keys
 
@@ -48,8 +48,9 @@ class PipelineService:
         if k is not None:
             return on_slice(self.run_image, volume, request, k)
         first, last = requested_range(request, volume.n_slices)
+        config = VolumeTextConfig(stride=RADVLSM.read(request, "slice_stride"))
         res = text_on_volume(self.pipeline, volume, pipeline_options(request, self.default_text), first, last,
-                             modality=request_modality(request))
+                             config, modality=request_modality(request))
         res.result["runtime"] = self.pipeline.predictor.runtime.name
         return LabelResult(res.label, volume, res.result)
 
@@ -114,7 +115,8 @@ class DiagnosisService:
         if k is None:
             first, last = requested_range(request, volume.n_slices)
             found = text_on_volume(self.pipeline, volume,
-                                   pipeline_options({**request, "diagnose": False}, self.default_text), first, last)
+                                   pipeline_options({**request, "diagnose": False}, self.default_text), first, last,
+                                   VolumeTextConfig(stride=RADVLSM.read(request, "slice_stride")))
             if not found.lesions:
                 out = classification_json([])
                 out.update(mask_source="radvlsm pipeline", message=found.result["message"], pipeline=found.result)

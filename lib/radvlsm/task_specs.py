@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from radvlsm.defaults import DEFAULT_MAX_LESIONS, DEFAULT_PHRASE, DEFAULT_TOP_K
+from radvlsm.defaults import DEFAULT_MAX_LESIONS, DEFAULT_PHRASE, DEFAULT_SLICE_STRIDE, DEFAULT_TOP_K
 from radvlsm.params import get_bool, get_int
 
 KINDS = ("bool", "int", "doc")
@@ -162,6 +162,10 @@ RADVLSM = TaskSpec(
                                       "phrase runs on every slice of `slices` [first, last] (default: all) and a "
                                       "lesion is kept where it runs through 2 or more slices; `modality` (DICOM "
                                       "code): `US` lets the breast-US diagnosis head describe each lesion"),
+     Param("slice_stride", "on a volume without `slice`: every this-many-th slice runs first, then the slices "
+                           "within `slice_stride - 1` of one that found a lesion (fewer encodes; a lesion through "
+                           "fewer slices than this can be missed); 1 runs every slice", "int", DEFAULT_SLICE_STRIDE,
+           1, 16),
      _RESULT_FILE),
     (("lesions", "per lesion (label *i* = *i*+1): `box`, `roi`, `area_px`, `proposal_score`, `reliability`, "
                  "`agreement`, `uncertainty` = 1 - agreement, `n_prompts`, `prompts` (each decoded prompt: "
