@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import dice, stack_for  # noqa: E402
 from benchmarks.datasets import DATA  # noqa: E402
+from radvlsm.defaults import DEFAULT_SLICE_STRIDE  # noqa: E402
 from radvlsm.geometry import Prompts, mask_to_box  # noqa: E402
 from radvlsm.io import Image2D  # noqa: E402
 from radvlsm.pipeline import PipelineOptions  # noqa: E402
@@ -143,7 +144,7 @@ def stride_scan(models: Models, name: str, strides: list[int]) -> dict:
     return out
 
 
-def timing(name: str, stride: int = 1) -> dict:
+def timing(name: str, stride: int = DEFAULT_SLICE_STRIDE) -> dict:
     """Seconds per volume from a fresh cache: the text pipeline, then a propagation (on a second fresh cache)."""
     volume, ref = load(name)
     out = {"patient": name, "slices": volume.n_slices, "stride": stride}
@@ -209,6 +210,9 @@ def mean(rows: list[dict], key, sub: str | None = None) -> str:
 
 def report(state: dict, names: list[str], options: dict) -> None:
     groups = halves(names)
+    if not (state.get("shipped") or state.get("adapted")):
+        report_rest(state)
+        return
     print(f"lgg-mri: {len(names)} patients (A = {', '.join(groups['A'])}; B = the others); encoder runtime auto; "
           f"site-adapted = fine_tune on the other half, options {json.dumps(options)}\n")
     print("| models | half | patients | box per slice Dice | one box propagated 3D Dice | "
@@ -230,6 +234,11 @@ def report(state: dict, names: list[str], options: dict) -> None:
         print(f"\nsite-adapted models measured on half {half}: trained on {len(fit['train'])} patients "
               f"({fit['samples']} slices) in {fit['seconds']:.0f} s; decoder {fit['decoder']}; proposer "
               f"{fit['proposer']}")
+    report_rest(state)
+
+
+def report_rest(state: dict) -> None:
+    """The coarse-to-fine scan's and the timing's tables."""
     if state.get("strides"):
         print("\nCoarse-to-fine scan (shipped models, every patient): per stride, text 3D Dice / tumour-free slices "
               "left empty / tumour slices found / slices run\n")
@@ -267,7 +276,8 @@ def main() -> None:
     ap.add_argument("--remeasure", action="store_true", help="measure again, keeping the fine-tunes and timing")
     ap.add_argument("--timing-only", action="store_true",
                     help="only time --timing patients again (after a change of the encoder runtime) and print them")
-    ap.add_argument("--stride", type=int, default=1, help="slice_stride of the timed text pipeline")
+    ap.add_argument("--stride", type=int, default=DEFAULT_SLICE_STRIDE,
+                    help="slice_stride of the timed text pipeline (default: the served one)")
     ap.add_argument("--strides", type=int, nargs="+", help="only measure the coarse-to-fine scan with these strides")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()

@@ -208,6 +208,29 @@ def test_the_coarse_to_fine_scan_runs_every_slice_near_an_answer_and_no_other():
         list(scan_order(0, 3, 0, lambda z: False))
 
 
+def test_a_stride_up_to_min_slices_gives_the_label_every_slice_would():
+    """Random per-slice answers (each slice answers a lesion or not; answers on adjacent slices join): with stride
+    <= min_slices, the lesions kept from the slices the scan runs are those kept from every slice."""
+    from radvlsm.volume_pipeline import consistent_lesions, scan_order
+
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        n = int(rng.integers(1, 25))
+        answers = rng.random(n) < rng.uniform(0.1, 0.7)
+        full = np.zeros((n, 3, 3), bool)
+        full[answers, 1, 1] = True
+        rel = full.astype(np.float32)
+        min_slices = int(rng.integers(2, 4))
+        for stride in range(1, min_slices + 1):
+            seen = np.zeros(n, bool)
+            for z in scan_order(0, n - 1, stride, lambda z: bool(answers[z])):
+                seen[z] = True
+            part = full & seen[:, None, None]
+            want = consistent_lesions(full, rel, min(min_slices, n), 10)
+            got = consistent_lesions(part, rel, min(min_slices, n), 10)
+            assert [m.tolist() for m, _ in got] == [m.tolist() for m, _ in want], (trial, stride, answers)
+
+
 def test_the_volume_cache_keeps_the_last_volumes_and_sees_a_changed_file(synthetic, tmp_path):
     from radvlsm.volume import VolumeCache
 

@@ -10,8 +10,9 @@ DEFAULT_TOP_K = 3
 DEFAULT_MAX_LESIONS = 3
 
 #: the text path on a volume runs every this-many-th slice first, then the neighbours of what answered (the
-#: ``slice_stride`` request parameter; 1 = every slice; :class:`radvlsm.volume_pipeline.VolumeTextConfig`)
-DEFAULT_SLICE_STRIDE = 1
+#: ``slice_stride`` request parameter; 1 = every slice; :class:`radvlsm.volume_pipeline.VolumeTextConfig`). 2 gives
+#: the label every slice would: a lesion is kept only through 2+ slices, and one of any 2 adjacent is run first
+DEFAULT_SLICE_STRIDE = 2
 
 #: the name of a lesion's value in every label the app writes (value 1; ``lesion 2``, ... when several are
 #: numbered): MONAI Label's ``labels``, the result's ``label_names``, a DICOM SEG's segment label

@@ -39,7 +39,9 @@ class VolumeTextConfig:
     relative: float = 0.5
     #: coarse-to-fine scan: every ``stride``-th slice first (and the last), then every slice within ``stride - 1``
     #: of a slice that answered a lesion, until no new slice answers; 1 runs every slice. Encoding is most of a
-    #: volume's time, and a lesion through ``stride`` or more slices is still met on a coarse slice.
+    #: volume's time, and a run of ``stride`` or more answering slices is met on a coarse slice and then followed
+    #: to both ends, so with ``stride <= min_slices`` the label is the one every slice would give (only answers
+    #: that could not be kept are skipped); a larger stride can miss a lesion through fewer slices than it.
     stride: int = DEFAULT_SLICE_STRIDE
 
 
