@@ -1,7 +1,8 @@
 """Serving while another user's heavy request runs (real server on loopback): are ``/info`` and a cached ``sam``
 prompt answered promptly while a new-image ``radvlsm`` pipeline runs?
 
-    python benchmarks/bench_serving.py [--seconds 40] [--workers 4]   # --workers 0: MONAI Label's own /infer
+    python benchmarks/bench_serving.py [--seconds 40] [--workers 4] [--encoder-nice N]
+    # --workers 0: MONAI Label's own /infer; --encoder-nice: --conf encoder_nice (the encoder in a niced process)
 
 Idle first: a cached ``sam`` prompt (the sample's reference box, JSON answer) and ``GET /info/``, each alone. Then
 under load: one client posts new-image pipelines back to back (each upload has pixels no request sent before, so
@@ -69,9 +70,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=40.0)
     ap.add_argument("--workers", type=int, default=4, help="--conf infer_workers (0: MONAI Label's own /infer)")
+    ap.add_argument("--encoder-nice", type=int, default=None,
+                    help="--conf encoder_nice (default: the server's own default)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
-    srv = start_server(tmp, conf={"models": "sam,radvlsm", "infer_workers": str(args.workers)})
+    conf = {"models": "sam,radvlsm", "infer_workers": str(args.workers)}
+    if args.encoder_nice is not None:
+        conf["encoder_nice"] = str(args.encoder_nice)
+    srv = start_server(tmp, conf=conf)
     url, errors = srv.url, []
     heavy_case, prompt_cases = CASES[0], CASES[1:5]
     try:
@@ -126,7 +132,7 @@ def main() -> None:
     finally:
         stop_server(srv.proc)
     lines = [f"machine: {platform.node()}, {platform.machine()}; server: models sam,radvlsm, infer_workers "
-             f"{args.workers}; {args.seconds:.0f} s under load\n",
+             f"{args.workers}, encoder_nice {conf.get('encoder_nice', 'default')}; {args.seconds:.0f} s under load\n",
              "| kind | idle p50 / p95 ms | under load: n | p50 / p95 ms |", "|---|---|---|---|",
              f"| GET /info/ | {pct(idle_info, 50):.1f} / {pct(idle_info, 95):.1f} | {len(loaded_info)} | "
              f"{pct(loaded_info, 50):.1f} / {pct(loaded_info, 95):.1f} |",

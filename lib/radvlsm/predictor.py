@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from radvlsm.cache import EmbeddingCache
+from radvlsm.encoder_process import niced
 from radvlsm.frame import Frame
 from radvlsm.geometry import Prompts
 from radvlsm.io import Image2D, atomic_write
@@ -112,10 +113,12 @@ class SegmentPredictor:
     """Box/point prompted segmentation over a cached embedding."""
 
     def __init__(self, backbone: Backbone, cache: EmbeddingCache | None = None, disk_cache: str | None = None,
-                 runtime: str | EncoderRuntime = "eager", runtime_dir: str | None = None):
+                 runtime: str | EncoderRuntime = "eager", runtime_dir: str | None = None, encoder_nice: int = 0):
         self.backbone = backbone
         # How the image encoder runs (radvlsm.runtimes): "eager", "onnx", "onnx_int8", "auto", ...
         self.runtime = build_runtime(runtime, backbone, runtime_dir) if isinstance(runtime, str) else runtime
+        # encoder_nice > 0: its encodes in a child process at that lower CPU priority (radvlsm.encoder_process)
+        self.runtime = niced(self.runtime, encoder_nice)
         self.cache = cache if cache is not None else EmbeddingCache()
         # Optional persistent store (benchmarks and training reuse embeddings across runs); same key as memory.
         self.disk_cache = Path(disk_cache).expanduser() if disk_cache else None
@@ -124,6 +127,11 @@ class SegmentPredictor:
         # image encodes, one encode and one decode at a time per device. Nothing swaps the encoder's weights (an
         # adapted segmentation encoder is the watcher's copy and runs under the decoder's lock).
         self._encoder_lock = threading.Lock()
+        # A batch of prompts (a pipeline's candidates) is decoded one prompt at a time, and before each it lets a
+        # single prompt that is waiting (a user's click or box) go first: a decode costs about the same per prompt
+        # batched or not (LiteMedSAM, this CPU), so a user waits one prompt's decode, not another user's batch.
+        self._urgent = 0
+        self._urgent_gate = threading.Condition()
         # Live decoder updates (radvlsm.versions.DecoderWatcher): checked before every decode, one stat() call.
         self.decoder_watcher = None
 
@@ -243,8 +251,29 @@ class SegmentPredictor:
         low_res, iou = self._run_decoder(enc, pts, box_t, multimask)
         return self.postprocess(low_res, enc), iou[0].float().cpu().numpy()
 
-    def _run_decoder(self, enc: Encoded, points, boxes: torch.Tensor | None, multimask: bool | None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    @contextmanager
+    def _decoder_turn(self, urgent: bool) -> Iterator[None]:
+        """The decoder's lock; a batch's next prompt (``urgent`` False) first waits until no urgent one waits."""
+        if urgent:
+            with self._urgent_gate:
+                self._urgent += 1
+            try:
+                self._lock.acquire()
+            finally:
+                with self._urgent_gate:
+                    self._urgent -= 1
+                    self._urgent_gate.notify_all()
+        else:
+            with self._urgent_gate:
+                self._urgent_gate.wait_for(lambda: self._urgent == 0)
+            self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _run_decoder(self, enc: Encoded, points, boxes: torch.Tensor | None, multimask: bool | None,
+                     urgent: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt encoder + mask decoder on the cached embedding: low-res logits ``(N, K, 256, 256)`` and IoUs.
 
         ``multimask``: False -> SAM's single mask (K=1), True -> its three multimask outputs (K=3), None -> all
@@ -253,7 +282,7 @@ class SegmentPredictor:
         if self.decoder_watcher is not None:
             self.decoder_watcher.refresh()
         onnx_decoder = getattr(self.runtime, "decoder", None) if self.decoder_version == "shipped" else None
-        with self._lock, torch.inference_mode():
+        with self._decoder_turn(urgent), torch.inference_mode():
             sparse, dense = self.backbone.prompt_encoder(points=points, boxes=boxes, masks=None)
             if onnx_decoder is not None:  # the runtime's exported decoder: all four outputs, sliced as SAM does
                 masks, iou = onnx_decoder.run(enc.for_decoder, sparse)
@@ -267,13 +296,15 @@ class SegmentPredictor:
 
     def decode_boxes_lowres(self, enc: Encoded, boxes: np.ndarray, multimask: bool | None = None
                             ) -> tuple[torch.Tensor, np.ndarray]:
-        """Many box prompts in one decoder pass, logits left on the decoder's grid: ``(N, K, g, g)`` and IoUs
-        (``multimask`` as in ``_run_decoder``; default all four masks per box).
+        """Many box prompts, logits left on the decoder's grid: ``(N, K, g, g)`` and IoUs (``multimask`` as in
+        ``_run_decoder``; default all four masks per box). One prompt per decoder pass: a waiting single prompt
+        goes between two of them (see ``_urgent``).
 
         Work that combines many masks (aggregation) is done on this grid and upsampled once (``lowres_to_image``).
         """
         box_t = torch.as_tensor(self._frame(enc).boxes_to_model(np.asarray(boxes, np.float32)), device=self.device)
-        low_res, iou = self._run_decoder(enc, None, box_t, multimask)
+        parts = [self._run_decoder(enc, None, box_t[i:i + 1], multimask, urgent=False) for i in range(len(box_t))]
+        low_res, iou = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         return low_res.float().cpu(), iou.float().cpu().numpy()
 
     def lowres_valid(self, enc: Encoded, grid: int) -> tuple[int, int]:

@@ -45,6 +45,11 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+#: the server's encoder niceness (``--conf encoder_nice``; 0 encodes in the server process): the lowest priority,
+#: since an encode alone still gets every core (``benchmarks/bench_serving.py``, README *Serving many annotators*)
+SERVER_ENCODER_NICE = 19
+
+
 @dataclass(frozen=True)
 class Settings:
     """What a stack is built from (hashable: the app keeps one stack per distinct settings).
@@ -60,6 +65,10 @@ class Settings:
     device: str | None = None
     runtime: str = "auto"
     runtime_dir: str | None = None
+    #: > 0: the image encoder runs in a child process at this lower CPU priority, so that other users' prompts
+    #: are decoded first while a new image encodes (:mod:`radvlsm.encoder_process`). Off in the library (one
+    #: user); the server's default (``from_conf``) is :data:`SERVER_ENCODER_NICE`
+    encoder_nice: int = 0
     cache_mb: int = 512
     disk_cache: str | None = None
     trained_dir: str | None = None
@@ -85,6 +94,7 @@ class Settings:
     @classmethod
     def from_conf(cls, conf: dict[str, str], model_dir: str | Path | None = None) -> Settings:
         """MONAI Label's ``--conf`` strings (``backbone``, ``checkpoint``, ``device``, ``runtime``, ``runtime_dir``,
+        ``encoder_nice``,
         ``cache_mb``, ``trained_dir``, ``qformer_checkpoint``, ``diagnosis_dir``, ``text``, ``site_phrases``
         (separated by ``;``), ``site_exemplars``,
         ``template_exemplars``, ``blip2_path``); ``model_dir`` is the app's model folder."""
@@ -94,6 +104,7 @@ class Settings:
             device=conf.get("device") or None,
             runtime=conf.get("runtime", "auto"),
             runtime_dir=conf.get("runtime_dir") or None,
+            encoder_nice=int(conf.get("encoder_nice", str(SERVER_ENCODER_NICE))),
             cache_mb=int(conf.get("cache_mb", "512")),
             trained_dir=conf.get("trained_dir") or None,
             qformer_checkpoint=conf.get("qformer_checkpoint") or None,
@@ -181,7 +192,7 @@ class Stack:
         logger.info(f"radvlsm: backbone {s.backbone} (version {model.version}) on {device}; "
                     f"embedding cache {s.cache_mb} MB")
         predictor = SegmentPredictor(model, EmbeddingCache(max_bytes=s.cache_mb << 20), disk_cache=s.disk_cache,
-                                     runtime=s.runtime, runtime_dir=s.runtime_dir)
+                                     runtime=s.runtime, runtime_dir=s.runtime_dir, encoder_nice=s.encoder_nice)
         if s.warm_up:
             from radvlsm.runtimes.warmup import warm_up
 

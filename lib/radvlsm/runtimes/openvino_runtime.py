@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from radvlsm.models.registry import Backbone
+from radvlsm.openvino_compile import compile_openvino
 from radvlsm.runtimes.onnx import export_fp32
 from radvlsm.runtimes.onnx_decoder import export_decoder
 from radvlsm.runtimes.registry import register_runtime
@@ -29,13 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 def _compile(path: Path, threads: int | None):
-    import openvino as ov
-
-    core = ov.Core()
-    core.set_property({"CACHE_DIR": str(path.parent / "ov_cache")})
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
-    return core.compile_model(str(path), "CPU", config)
+    return compile_openvino(path, int(threads or torch.get_num_threads()))
 
 
 class OpenVinoDecoder:
@@ -66,6 +61,10 @@ class OpenVinoRuntime:
         request = self.compiled.create_infer_request()
         out = request.infer({"image": np.ascontiguousarray(x.detach().cpu().float().numpy())})
         return torch.from_numpy(np.array(out[self.compiled.output(0)]))
+
+    def child_spec(self) -> tuple[str, str, int]:
+        """What :mod:`radvlsm.encoder_process` needs to compile this very encoder in a child process."""
+        return "openvino", str(self.path), self.threads
 
     def describe(self) -> dict:
         import openvino as ov
