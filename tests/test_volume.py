@@ -223,7 +223,7 @@ def test_a_stride_up_to_min_slices_gives_the_label_every_slice_would():
         min_slices = int(rng.integers(2, 4))
         for stride in range(1, min_slices + 1):
             seen = np.zeros(n, bool)
-            for z in scan_order(0, n - 1, stride, lambda z: bool(answers[z])):
+            for z in scan_order(0, n - 1, stride, lambda z, a=answers: bool(a[z])):
                 seen[z] = True
             part = full & seen[:, None, None]
             want = consistent_lesions(full, rel, min(min_slices, n), 10)
