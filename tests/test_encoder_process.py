@@ -37,7 +37,7 @@ def test_the_child_encodes_what_the_server_process_would_at_a_lower_priority(pre
     pid = child.runtime.process.pid
     assert pid != os.getpid() and os.getpriority(os.PRIO_PROCESS, pid) == min(os.getpriority(os.PRIO_PROCESS, 0) + 7,
                                                                               19)
-    assert child.runtime.describe()["process"] == {"pid": pid, "nice": 7}
+    assert child.runtime.describe()["process"] == {"pid": pid, "nice": 7, "decodes": True}
     image = load_image(SAMPLES / "images" / f"{CASE}.png")
     assert torch.equal(inproc.encode(image).embedding, child.encode(image).embedding)
     # the mask too (the decoder runs in the server process either way)
@@ -101,3 +101,49 @@ def test_a_single_prompt_goes_before_the_rest_of_a_batch(predictors):
     # one at a time gives what one pass gave: the masks of each prompt
     low, iou = inproc.decode_boxes_lowres(enc, boxes[:3])
     assert low.shape[0] == 3 and iou.shape[0] == 3
+
+
+def test_a_batch_decodes_in_the_child_and_gives_what_the_server_process_gives(predictors):
+    """A pipeline's candidates (``decode_boxes_lowres``) decode in the niced child, on the embedding it kept when
+    it encoded the image, or, when it does not hold it (restarted, or the embedding came from a disk cache),
+    on the embedding sent once; the masks are those decoded in the server process."""
+    inproc, child = predictors
+    image = load_image(SAMPLES / "images" / f"{CASE}.png")
+    box = np.array(tight_box(CASE), np.float32)
+    boxes = np.stack([box, box + 5, box - 5])
+    want, want_iou = inproc.decode_boxes_lowres(inproc.encode(image), boxes)
+    child.cache.clear()
+    enc = child.encode(image)
+    assert enc.key is not None and child.runtime.describe()["process"]["decodes"] is True
+    got, got_iou = child.decode_boxes_lowres(enc, boxes)
+    assert torch.equal(got, want) and np.array_equal(got_iou, want_iou)
+    os.kill(child.runtime.process.pid, 9)  # the child's embeddings are gone with it
+    time.sleep(0.3)
+    again, _ = child.decode_boxes_lowres(enc, boxes)
+    assert torch.equal(again, want)
+
+
+def test_a_users_prompt_is_answered_while_a_batch_decodes_in_the_child(predictors):
+    """With the niced child, another user's 8 candidates decode at the child's priority: a prompt sent meanwhile
+    is decoded in the server process at once and answered before the batch ends."""
+    _, child = predictors
+    image = load_image(SAMPLES / "images" / f"{CASE}.png")
+    enc = child.encode(image)
+    box = np.array(tight_box(CASE), np.float32)
+    t = time.perf_counter()
+    child.decode(enc, box)
+    one = time.perf_counter() - t
+    done: dict[str, float] = {}
+
+    def batch():
+        child.decode_boxes_lowres(enc, np.stack([box + i for i in range(8)]))
+        done["batch"] = time.perf_counter()
+
+    worker = threading.Thread(target=batch)
+    worker.start()
+    time.sleep(one * 1.5)
+    sent = time.perf_counter()
+    child.decode(enc, box)
+    done["prompt"] = time.perf_counter()
+    worker.join()
+    assert done["prompt"] < done["batch"] and done["prompt"] - sent < 4 * one, (done, sent, one)

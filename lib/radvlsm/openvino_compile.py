@@ -30,3 +30,19 @@ class OpenVinoEncoder:
 
         out = self.compiled.create_infer_request().infer({"image": np.ascontiguousarray(x, dtype=np.float32)})
         return np.array(out[self.compiled.output(0)])
+
+
+class OpenVinoDecoderCore:
+    """The compiled mask decoder: embedding ``(1, C, h, w)`` and sparse prompt embeddings ``(N, T, C)`` -> the
+    four low-res masks ``(N, 4, g, g)`` and IoUs ``(N, 4)``, float32 arrays."""
+
+    def __init__(self, path: Path, threads: int):
+        self.compiled = compile_openvino(path, threads)
+
+    def __call__(self, embedding, sparse):
+        import numpy as np
+
+        out = self.compiled.create_infer_request().infer(
+            {"embedding": np.ascontiguousarray(embedding, dtype=np.float32),
+             "sparse": np.ascontiguousarray(sparse, dtype=np.float32)})
+        return tuple(np.array(out[self.compiled.output(name)]) for name in ("masks", "iou"))

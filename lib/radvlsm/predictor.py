@@ -42,6 +42,8 @@ class Encoded:
     #: the embedding of a fine-tuned (low-rank adapted) segmentation encoder, when one is served; the mask decoder
     #: reads it, while the proposer and the diagnosis head keep reading ``embedding`` (what they were trained on)
     seg_embedding: torch.Tensor | None = None
+    #: the image's embedding-cache key, joined (what a runtime that decodes in another process knows it by)
+    key: str | None = None
 
     @property
     def for_decoder(self) -> torch.Tensor:
@@ -77,6 +79,10 @@ class Segmentation:
         for i, lesion in enumerate(self.lesions):
             out[lesion.mask] = (i + 1) if multilabel else 1
         return out
+
+
+def _joined(key: tuple[str, ...]) -> str:
+    return "|".join(key)
 
 
 def preprocess(backbone: Backbone, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -213,7 +219,12 @@ class SegmentPredictor:
         start = time.perf_counter()
         x, input_size = preprocess(self.backbone, image.rgb_uint8())
         with self._encoder_lock if module is None else self._lock, torch.inference_mode():
-            emb = (self.runtime.encode(x) if module is None else module(x.to(self.device))).to(self.device)
+            if module is not None:
+                emb = module(x.to(self.device)).to(self.device)
+            elif hasattr(self.runtime, "decode_background"):  # the child keeps it by key for later decodes
+                emb = self.runtime.encode(x, key=_joined(self.cache_key(image))).to(self.device)
+            else:
+                emb = self.runtime.encode(x).to(self.device)
         return Encoded(emb, image.shape, input_size, encode_ms=(time.perf_counter() - start) * 1e3,
                        runtime=self.runtime.name if module is None else "eager")
 
@@ -229,7 +240,7 @@ class SegmentPredictor:
             seg, seg_hit = self.cache.get_or_compute(key, lambda: self._encode_compute(image, module))
             seg_embedding, hit, ms = seg.embedding, hit and seg_hit, ms + (0.0 if seg_hit else seg.encode_ms)
         return Encoded(enc.embedding, enc.original_size, enc.input_size, cache_hit=hit, encode_ms=ms,
-                       runtime=enc.runtime, seg_embedding=seg_embedding)
+                       runtime=enc.runtime, seg_embedding=seg_embedding, key=_joined(self.cache_key(image)))
 
     def decode(self, enc: Encoded, box: np.ndarray | None = None, points: np.ndarray | None = None,
                labels: np.ndarray | None = None, multimask: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -282,6 +293,15 @@ class SegmentPredictor:
         if self.decoder_watcher is not None:
             self.decoder_watcher.refresh()
         onnx_decoder = getattr(self.runtime, "decoder", None) if self.decoder_version == "shipped" else None
+        background = getattr(self.runtime, "decode_background", None) if onnx_decoder is not None else None
+        if not urgent and background is not None and enc.key is not None and enc.seg_embedding is None:
+            # a batch's prompt, decoded at the encoder process's lower priority: a user's prompt, decoded here
+            # meanwhile, gets the cores first (radvlsm.encoder_process)
+            with self._decoder_turn(False), torch.inference_mode():
+                sparse, _ = self.backbone.prompt_encoder(points=points, boxes=boxes, masks=None)
+            masks, iou = background(enc.key, enc.embedding, sparse)
+            keep = slice(None) if multimask is None else slice(1, None) if multimask else slice(0, 1)
+            return masks[:, keep].to(self.device), iou[:, keep].to(self.device)
         with self._decoder_turn(urgent), torch.inference_mode():
             sparse, dense = self.backbone.prompt_encoder(points=points, boxes=boxes, masks=None)
             if onnx_decoder is not None:  # the runtime's exported decoder: all four outputs, sliced as SAM does

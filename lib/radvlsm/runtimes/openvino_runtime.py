@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from radvlsm.models.registry import Backbone
-from radvlsm.openvino_compile import compile_openvino
+from radvlsm.openvino_compile import OpenVinoDecoderCore, compile_openvino
 from radvlsm.runtimes.onnx import export_fp32
 from radvlsm.runtimes.onnx_decoder import export_decoder
 from radvlsm.runtimes.registry import register_runtime
@@ -39,14 +39,11 @@ class OpenVinoDecoder:
 
     def __init__(self, path: Path, threads: int | None = None):
         self.path = path
-        self.compiled = _compile(path, threads)
+        self.core = OpenVinoDecoderCore(path, int(threads or torch.get_num_threads()))
 
     def run(self, embedding: torch.Tensor, sparse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        request = self.compiled.create_infer_request()
-        out = request.infer({"embedding": np.ascontiguousarray(embedding.detach().cpu().float().numpy()),
-                             "sparse": np.ascontiguousarray(sparse.detach().cpu().float().numpy())})
-        masks, iou = (out[self.compiled.output(name)] for name in ("masks", "iou"))
-        return torch.from_numpy(np.array(masks)), torch.from_numpy(np.array(iou))
+        masks, iou = self.core(embedding.detach().cpu().float().numpy(), sparse.detach().cpu().float().numpy())
+        return torch.from_numpy(masks), torch.from_numpy(iou)
 
 
 class OpenVinoRuntime:
@@ -62,9 +59,9 @@ class OpenVinoRuntime:
         out = request.infer({"image": np.ascontiguousarray(x.detach().cpu().float().numpy())})
         return torch.from_numpy(np.array(out[self.compiled.output(0)]))
 
-    def child_spec(self) -> tuple[str, str, int]:
-        """What :mod:`radvlsm.encoder_process` needs to compile this very encoder in a child process."""
-        return "openvino", str(self.path), self.threads
+    def child_spec(self) -> tuple[str, str, int, str]:
+        """What :mod:`radvlsm.encoder_process` needs to compile this very encoder (and decoder) in a child process."""
+        return "openvino", str(self.path), self.threads, str(self.decoder.path) if self.decoder else ""
 
     def describe(self) -> dict:
         import openvino as ov
