@@ -130,7 +130,8 @@ class SegmentPredictor:
         self.disk_cache = Path(disk_cache).expanduser() if disk_cache else None
         self._lock = threading.Lock()  # torch modules are shared; serialise forward passes
         # The image encoder has its own lock: a cached prompt (a decode) is answered while another request's new
-        # image encodes, one encode and one decode at a time per device. Nothing swaps the encoder's weights (an
+        # image encodes, one encode and one in-process decode at a time per device (a batch's decodes may run in
+        # the niced encoder process meanwhile: radvlsm.encoder_process). Nothing swaps the encoder's weights (an
         # adapted segmentation encoder is the watcher's copy and runs under the decoder's lock).
         self._encoder_lock = threading.Lock()
         # A batch of prompts (a pipeline's candidates) is decoded one prompt at a time, and before each it lets a
