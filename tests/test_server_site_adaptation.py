@@ -14,7 +14,8 @@ The held-back set is every lesion image of the held-back patients (72, as the le
 claim (top lesion's box IoU up by more than 0.05) is unchanged. An earlier version measured a seeded draw of 16 of
 them, to save time: there it **failed** (the gate published, the IoU fell 0.137 -> 0.085), so 16 images could not
 tell a gain from noise. Last run on all 72 (2026-12-01) it **failed** again: the gate published (out of fold
-better with confidence on the 50 labels), the IoU rose 0.166 -> 0.183, short of +0.05. The learning-curve
+better with confidence on the 50 labels), the IoU rose 0.166 -> 0.183, short of +0.05; on 2026-12-04 the same:
+published, 0.241 -> 0.254 (+0.013). The learning-curve
 benchmark's `random` draw of 50 (another 50 images) gained +0.17 text Dice, so what a site learns from 50 labels
 still depends on which 50. Kept as the product's claim, not loosened.
 """
