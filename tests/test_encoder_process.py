@@ -54,6 +54,7 @@ def test_a_child_that_dies_is_started_again_and_the_encode_answers(predictors):
     time.sleep(0.3)
     again = child.runtime.encode(x)
     assert child.runtime.process.pid != old and torch.equal(first, again)
+    assert not os.path.exists(f"/proc/{old}")  # the dead child was waited for: no zombie left
     assert torch.equal(again, inproc.runtime.encode(x))
 
 

@@ -116,6 +116,8 @@ class EncoderProcess:
         except EOFError:
             status, value = "error", f"exited with {self._proc.wait(timeout=10)}"
         if status != "ready":
+            self._close_pipes()
+            self._reap()
             raise RuntimeError(f"the encoder process could not start: {value}")
         self.pid = value
         logger.info(f"radvlsm: encoder process {self.pid} at nice +{self.nice} ({self.spec[0]}, "
@@ -132,6 +134,7 @@ class EncoderProcess:
                     raise
                 logger.error("radvlsm: the encoder process died; starting it again")
                 self._close_pipes()
+                self._reap()
                 self._start()
         raise AssertionError("unreachable")
 
@@ -153,6 +156,14 @@ class EncoderProcess:
             raise RuntimeError(f"encoder process: {value}")
         return value
 
+    def _reap(self) -> None:
+        """Wait for the old child (no zombie is left), killing it if it still runs."""
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(timeout=5)
+
     def _close_pipes(self) -> None:
         for conn in (self._send, self._receive):
             conn.close()
@@ -164,10 +175,7 @@ class EncoderProcess:
             except OSError:
                 pass
             self._close_pipes()
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
+            self._reap()
 
 
 class NicedEncoder:
