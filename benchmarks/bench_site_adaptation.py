@@ -3,6 +3,7 @@
     python benchmarks/bench_site_adaptation.py [--site uclm|ddti] [--steps 5 10 25 50]
         [--strategies random uncertainty] [--variant default] [--options '{"proposer_scope": "heads"}']
         [--pool 150] [--eval 0] [--exemplars] [--site-phrase] [--work DIR] [--report]
+    python benchmarks/bench_site_adaptation.py --evaluate-store start <trained_dir> ...   # a server's store
 
 A site's images are split by patient (``sha1(patient) mod 5 == 0`` held back, as ``benchmarks/datasets.py``).
 The start is a proposer that never saw the site: for ``uclm`` (BUS-UCLM, breast, Spain) the cross-site
@@ -88,14 +89,14 @@ def site_cases(site: str) -> tuple[list[Case], list[Case], str, Path]:
 class Curve:
     """One strategy's rounds on one site, resumable."""
 
-    def __init__(self, args, strategy: str):
+    def __init__(self, args, strategy: str, work: Path | None = None):
         self.args, self.strategy = args, strategy
         pool, test, self.phrase, self.start = site_cases(args.site)
         pool = sorted(pool, key=lambda c: c[2])
         random.Random(0).shuffle(pool)
         self.pool = {c[2]: c for c in pool[: args.pool]}
         self.test = test[: args.eval] if args.eval else test
-        self.work = Path(args.work) / f"{args.site}-{strategy}-{args.variant}"
+        self.work = work or Path(args.work) / f"{args.site}-{strategy}-{args.variant}"
         self.state_path = self.work / "state.json"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {
             "labelled": [], "rounds": [], "options": args.options, "exemplars": args.exemplars,
@@ -304,6 +305,19 @@ def plot(curves: dict, out: Path) -> None:
     print(f"\nPlot: {out.relative_to(ROOT)}")
 
 
+def evaluate_store(args) -> None:
+    """What the held-back patients get from the versions published into a server's trained store (e.g. the site
+    e2e test's, ``tests/test_server_site_adaptation.py``): the same figures as a curve's rows."""
+    import tempfile
+
+    for store in args.evaluate_store:
+        with tempfile.TemporaryDirectory() as empty:
+            work = Path(empty) if store == "start" else Path(store)
+            curve = Curve(args, "store", work=work)
+            published = {"decoder": curve.decoders.current(), "proposer": curve.proposers.current()}
+            print(json.dumps({"store": store, **published, **curve.evaluate()}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--site", choices=["uclm", "ddti"], default="uclm")
@@ -321,9 +335,16 @@ def main() -> None:
                          "of 'lesion'")
     ap.add_argument("--work", default=str(ROOT / "benchmarks" / "results" / "site_adaptation"))
     ap.add_argument("--report", action="store_true", help="print the table and plot from the work folder")
+    ap.add_argument("--evaluate-store", nargs="+", metavar="TRAINED_DIR",
+                    help="only measure the held-back patients as a server serves them from each of these trained "
+                         "stores (its --conf trained_dir; 'start' = nothing published), with --exemplars and "
+                         "--site-phrase as given (the site e2e test's server: neither)")
     args = ap.parse_args()
     if args.report:
         report(Path(args.work))
+        return
+    if args.evaluate_store:
+        evaluate_store(args)
         return
     if sorted(args.steps) != args.steps or args.steps[0] < 2:
         ap.error("--steps must be increasing and at least 2 (one image trains, one validates)")
