@@ -195,11 +195,10 @@ class NicedEncoder:
         return torch.from_numpy(self.process.encode(x.detach().cpu().float().numpy(), key))
 
     def decode_background(self, key: str, embedding, sparse):
-        """The runtime decoder's ``run`` at the child's priority: for decodes nobody waits on (a batch's)."""
+        """The runtime decoder's ``run`` at the child's priority: for decodes nobody waits on (a batch's). Called
+        only with the runtime's exported decoder, which the child then compiles too (``child_spec``)."""
         import torch
 
-        if not self.process.decodes:
-            return self.decoder.run(embedding, sparse)
         masks, iou = self.process.decode(key, sparse.detach().cpu().float().numpy(),
                                          embedding.detach().cpu().float().numpy())
         return torch.from_numpy(masks), torch.from_numpy(iou)

@@ -232,7 +232,8 @@ class SegmentPredictor:
     def encode(self, image: Image2D) -> Encoded:
         if self.decoder_watcher is not None:
             self.decoder_watcher.refresh()
-        enc, hit = self.cache.get_or_compute(self.cache_key(image), lambda: self._encode_now(image))
+        cache_key = self.cache_key(image)
+        enc, hit = self.cache.get_or_compute(cache_key, lambda: self._encode_now(image))
         seg_embedding, ms = None, 0.0 if hit else enc.encode_ms
         adapted = self.decoder_watcher.segmentation_encoder if self.decoder_watcher is not None else None
         if adapted is not None:  # (version, module): a second, eager encode for the mask decoder, cached too
@@ -241,7 +242,7 @@ class SegmentPredictor:
             seg, seg_hit = self.cache.get_or_compute(key, lambda: self._encode_compute(image, module))
             seg_embedding, hit, ms = seg.embedding, hit and seg_hit, ms + (0.0 if seg_hit else seg.encode_ms)
         return Encoded(enc.embedding, enc.original_size, enc.input_size, cache_hit=hit, encode_ms=ms,
-                       runtime=enc.runtime, seg_embedding=seg_embedding, key=_joined(self.cache_key(image)))
+                       runtime=enc.runtime, seg_embedding=seg_embedding, key=_joined(cache_key))
 
     def decode(self, enc: Encoded, box: np.ndarray | None = None, points: np.ndarray | None = None,
                labels: np.ndarray | None = None, multimask: bool = False) -> tuple[np.ndarray, np.ndarray]:

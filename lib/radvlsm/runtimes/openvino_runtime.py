@@ -17,20 +17,15 @@ import importlib.util
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from radvlsm.models.registry import Backbone
-from radvlsm.openvino_compile import OpenVinoDecoderCore, compile_openvino
+from radvlsm.openvino_compile import OpenVinoDecoderCore, OpenVinoEncoder
 from radvlsm.runtimes.onnx import export_fp32
 from radvlsm.runtimes.onnx_decoder import export_decoder
 from radvlsm.runtimes.registry import register_runtime
 
 logger = logging.getLogger(__name__)
-
-
-def _compile(path: Path, threads: int | None):
-    return compile_openvino(path, int(threads or torch.get_num_threads()))
 
 
 class OpenVinoDecoder:
@@ -52,12 +47,10 @@ class OpenVinoRuntime:
     def __init__(self, name: str, path: Path, decoder: OpenVinoDecoder | None = None, threads: int | None = None):
         self.name, self.path, self.decoder = name, path, decoder
         self.threads = int(threads or torch.get_num_threads())
-        self.compiled = _compile(path, self.threads)
+        self.core = OpenVinoEncoder(path, self.threads)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        request = self.compiled.create_infer_request()
-        out = request.infer({"image": np.ascontiguousarray(x.detach().cpu().float().numpy())})
-        return torch.from_numpy(np.array(out[self.compiled.output(0)]))
+        return torch.from_numpy(self.core(x.detach().cpu().float().numpy()))
 
     def child_spec(self) -> tuple[str, str, int, str]:
         """What :mod:`radvlsm.encoder_process` needs to compile this very encoder (and decoder) in a child process."""
