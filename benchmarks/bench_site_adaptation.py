@@ -2,7 +2,7 @@
 
     python benchmarks/bench_site_adaptation.py [--site uclm|ddti] [--steps 5 10 25 50]
         [--strategies random uncertainty] [--variant default] [--options '{"proposer_scope": "heads"}']
-        [--pool 150] [--eval 0] [--exemplars] [--site-phrase] [--work DIR] [--report]
+        [--pool 150] [--eval 0] [--exemplars] [--site-phrase] [--seed 0] [--work DIR] [--report]
     python benchmarks/bench_site_adaptation.py --evaluate-store start <trained_dir> ...   # a server's store
 
 A site's images are split by patient (``sha1(patient) mod 5 == 0`` held back, as ``benchmarks/datasets.py``).
@@ -93,14 +93,14 @@ class Curve:
         self.args, self.strategy = args, strategy
         pool, test, self.phrase, self.start = site_cases(args.site)
         pool = sorted(pool, key=lambda c: c[2])
-        random.Random(0).shuffle(pool)
+        random.Random(args.seed).shuffle(pool)
         self.pool = {c[2]: c for c in pool[: args.pool]}
         self.test = test[: args.eval] if args.eval else test
         self.work = work or Path(args.work) / f"{args.site}-{strategy}-{args.variant}"
         self.state_path = self.work / "state.json"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {
             "labelled": [], "rounds": [], "options": args.options, "exemplars": args.exemplars,
-            "site_phrase": args.site_phrase}
+            "site_phrase": args.site_phrase, "seed": args.seed}
         # what the server serves for this site: its store (trained_dir), the start checkpoint, the site's exemplars
         # with --exemplars; the text proposer is measured alone (no mask ranker), as every curve here was
         self.site_phrases = (self.phrase,) if args.site_phrase else ()
@@ -159,7 +159,7 @@ class Curve:
     def pick(self, k: int) -> list[str]:
         free = sorted(set(self.pool) - set(self.state["labelled"]))
         if self.strategy == "random":
-            return random.Random(len(self.state["labelled"]) + 1).sample(free, min(k, len(free)))
+            return random.Random(self.draw_seed(len(self.state["labelled"]) + 1)).sample(free, min(k, len(free)))
         scores = {}
         for c in free:
             u = score_image(self.pipeline, load_image(self.pool[c][0]))
@@ -171,8 +171,12 @@ class Curve:
         picks: list[str] = []  # the n-th label overall: odd n drawn at random, even n the most uncertain left
         for n in range(len(self.state["labelled"]), len(self.state["labelled"]) + min(k, len(free))):
             left = [c for c in ranked if c not in picks]
-            picks.append(random.Random(n + 1).choice(sorted(left)) if n % 2 else left[0])
+            picks.append(random.Random(self.draw_seed(n + 1)).choice(sorted(left)) if n % 2 else left[0])
         return picks
+
+    def draw_seed(self, n: int) -> int:
+        """Seed of a random draw: ``n`` alone for ``--seed 0`` (the curves measured before the option existed)."""
+        return n + 1_000_003 * self.args.seed
 
     def pseudo_labels(self, cfg: TrainConfig) -> list[TrainSample]:
         """VESSA stage 2 (train option ``pseudo_labels``): what the server's train task makes of the unlabelled
@@ -326,6 +330,8 @@ def main() -> None:
                     choices=["random", "uncertainty", "uncertainty_mask", "uncertainty_mixed"])
     ap.add_argument("--variant", default="default", help="name of this configuration in the work folder")
     ap.add_argument("--options", type=json.loads, default={}, help="train options (JSON), as POST /train takes")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="pool shuffle and random draws (0: the curves measured before this option)")
     ap.add_argument("--pool", type=int, default=150, help="unlabelled pool size (training patients)")
     ap.add_argument("--eval", type=int, default=0, help="first N held-back images (0: all)")
     ap.add_argument("--exemplars", action="store_true",
