@@ -148,3 +148,23 @@ def test_a_users_prompt_is_answered_while_a_batch_decodes_in_the_child(predictor
     done["prompt"] = time.perf_counter()
     worker.join()
     assert done["prompt"] < done["batch"] and done["prompt"] - sent < 4 * one, (done, sent, one)
+
+
+def test_a_bf16_runtime_is_compiled_at_bf16_in_the_child_too(tmp_path):
+    """The child compiles what the runtime compiled (its precision travels in ``child_spec``): the same
+    embedding, bit for bit, as the bf16 runtime in the server process."""
+    from radvlsm.openvino_compile import native_bf16
+
+    if not native_bf16():
+        pytest.skip("this CPU has no native bf16 units")
+    bb = build_backbone("sam_vit_tiny")
+    inproc = SegmentPredictor(bb, runtime="openvino_bf16", runtime_dir=str(tmp_path))
+    child = SegmentPredictor(bb, runtime="openvino_bf16", runtime_dir=str(tmp_path), encoder_nice=3)
+    try:
+        assert child.runtime.process.spec[-1] == "bf16"
+        x = torch.rand(1, 3, bb.img_size, bb.img_size, generator=torch.Generator().manual_seed(3))
+        f32 = SegmentPredictor(bb, runtime="openvino", runtime_dir=str(tmp_path)).runtime.encode(x)
+        got = child.runtime.encode(x)
+        assert torch.equal(inproc.runtime.encode(x), got) and not torch.equal(f32, got)
+    finally:
+        child.runtime.process.close()

@@ -34,11 +34,12 @@ logger = logging.getLogger(__name__)
 CHILD_EMBEDDINGS = 8
 
 
-def _build(kind: str, encoder: str, threads: int, decoder: str = ""):
+def _build(kind: str, encoder: str, threads: int, decoder: str = "", precision: str = "f32"):
     if kind == "openvino":
         from radvlsm.openvino_compile import OpenVinoDecoderCore, OpenVinoEncoder
 
-        return OpenVinoEncoder(encoder, threads), OpenVinoDecoderCore(decoder, threads) if decoder else None
+        return (OpenVinoEncoder(encoder, threads, precision),
+                OpenVinoDecoderCore(decoder, threads, precision) if decoder else None)
     raise ValueError(f"no child encoder for runtime kind '{kind}'")
 
 
