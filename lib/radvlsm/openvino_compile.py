@@ -9,13 +9,16 @@ the CPU's optimisation capabilities); each must pass its own Dice gate. Compiled
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 PRECISIONS = ("f32", "bf16")
 
 
+@lru_cache(maxsize=1)
 def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (emulated bf16 would be slower than f32, and is not what was gated)."""
+    """Whether this CPU computes bf16 natively (emulated bf16 would be slower than f32, and is not what was gated).
+    Asked once: ``auto`` asks it for every gate it reads."""
     import openvino as ov
 
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
