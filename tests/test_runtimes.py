@@ -15,6 +15,7 @@ import torch
 from radvlsm.geometry import Prompts
 from radvlsm.io import load_image
 from radvlsm.models import build_backbone
+from radvlsm.openvino_compile import native_bf16  # noqa: F401 (the skip condition's)
 from radvlsm.predictor import SegmentPredictor
 from radvlsm.runtimes import available_runtimes, build_runtime, choose_auto
 from radvlsm.runtimes import onnx as onnx_rt
@@ -30,13 +31,7 @@ TOLERANCE = {"onnx": (1e-4, 0.999), "onnx_int8": (0.5, 0.95), "openvino": (1e-4,
              "openvino_bf16": (0.2, 0.99)}  # bf16: 0.12 and 0.05 measured, masks 0.997 and 0.998
 
 
-def bf16_here() -> bool:
-    from radvlsm.openvino_compile import native_bf16
-
-    return native_bf16()
-
-
-needs_bf16 = pytest.mark.skipif("not bf16_here()", reason="this CPU has no native bf16 units")
+needs_bf16 = pytest.mark.skipif("not native_bf16()", reason="this CPU has no native bf16 units")
 
 
 @pytest.fixture(scope="module")

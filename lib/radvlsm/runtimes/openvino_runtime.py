@@ -82,10 +82,16 @@ def _openvino_cpu_bf16(backbone: Backbone) -> str | None:
     return reason
 
 
+def _compiled(name: str, precision: str, backbone: Backbone, cache_dir: str | Path | None) -> OpenVinoRuntime:
+    """The encoder and decoder exports, both compiled at ``precision``."""
+    return OpenVinoRuntime(name, export_fp32(backbone, cache_dir),
+                           decoder=OpenVinoDecoder(export_decoder(backbone, cache_dir), precision=precision),
+                           precision=precision)
+
+
 @register_runtime("openvino", _openvino_cpu, "OpenVINO CPU, f32, compiled from the ONNX exports (encoder and decoder)")
 def build_openvino(backbone: Backbone, cache_dir: str | Path | None = None) -> OpenVinoRuntime:
-    return OpenVinoRuntime("openvino", export_fp32(backbone, cache_dir),
-                           decoder=OpenVinoDecoder(export_decoder(backbone, cache_dir)))
+    return _compiled("openvino", "f32", backbone, cache_dir)
 
 
 @register_runtime("openvino_bf16", _openvino_cpu_bf16,
@@ -95,6 +101,4 @@ def build_openvino(backbone: Backbone, cache_dir: str | Path | None = None) -> O
                                "presence: more lesions answered on lesion-free images (BUS-UCLM 17.5 -> 23.8 %, "
                                "lgg-mri tumour-free slices left empty 91.6 -> 88.6 %, session 16); ask for it")
 def build_openvino_bf16(backbone: Backbone, cache_dir: str | Path | None = None) -> OpenVinoRuntime:
-    return OpenVinoRuntime("openvino_bf16", export_fp32(backbone, cache_dir),
-                           decoder=OpenVinoDecoder(export_decoder(backbone, cache_dir), precision="bf16"),
-                           precision="bf16")
+    return _compiled("openvino_bf16", "bf16", backbone, cache_dir)
